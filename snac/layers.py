@@ -1,0 +1,182 @@
+"""Convolutional building blocks of SNAC: Snake, residual units, encoder/decoder blocks, noise.
+
+Every conv is weight-normalised with the parametrization API (keys end in
+``parametrizations.weight.original0`` / ``original1``), which is the layout of the published
+checkpoints. Convs come from factory functions so they add no nesting level of their own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from .attention import LocalMHA
+
+
+def wn_conv1d(*args, **kwargs) -> nn.Conv1d:
+    return weight_norm(nn.Conv1d(*args, **kwargs))
+
+
+def wn_conv_transpose1d(*args, **kwargs) -> nn.ConvTranspose1d:
+    return weight_norm(nn.ConvTranspose1d(*args, **kwargs))
+
+
+@torch.no_grad()
+def set_weight_norm_weight(conv: nn.Module, weight: torch.Tensor) -> None:
+    """Make a weight-normed conv's effective ``.weight`` equal ``weight``.
+
+    Writing into ``conv.weight`` would change nothing (it is recomputed from the originals on
+    every access), so this sets magnitude (original0, norm over all dims but 0) and direction
+    (original1) directly.
+    """
+    params = conv.parametrizations.weight
+    dims = tuple(range(1, weight.dim()))
+    params.original0.copy_(weight.norm(dim=dims, keepdim=True))
+    params.original1.copy_(weight)
+
+
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    # (B, C, T) with alpha (1, C, 1): x + sin(alpha x)^2 / alpha
+    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+
+
+class Snake1d(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return snake(x, self.alpha)
+
+
+class NoiseBlock(nn.Module):
+    """Adds per-sample Gaussian noise scaled by a learned 1x1 conv of the input.
+
+    The noise is drawn on every call (in eval mode too), so decoding is random unless the
+    global RNG is seeded or the gains are zero.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = wn_conv1d(dim, dim, kernel_size=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t = x.shape
+        noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
+        return x + noise * self.linear(x)
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int = 1, kernel: int = 7, groups: int = 1):
+        super().__init__()
+        pad = ((kernel - 1) * dilation) // 2
+        self.block = nn.Sequential(
+            Snake1d(dim),
+            wn_conv1d(dim, dim, kernel_size=kernel, dilation=dilation, padding=pad, groups=groups),
+            Snake1d(dim),
+            wn_conv1d(dim, dim, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        crop = (x.shape[-1] - y.shape[-1]) // 2
+        if crop > 0:
+            x = x[..., crop:-crop]
+        return x + y
+
+
+def residual_stack(dim: int, groups: int) -> list[nn.Module]:
+    return [ResidualUnit(dim, dilation=d, groups=groups) for d in (1, 3, 9)]
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, output_dim: int, stride: int, groups: int = 1):
+        super().__init__()
+        input_dim = output_dim // 2
+        self.block = nn.Sequential(
+            *residual_stack(input_dim, groups),
+            Snake1d(input_dim),
+            wn_conv1d(input_dim, output_dim, kernel_size=2 * stride, stride=stride,
+                      padding=math.ceil(stride / 2)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)  # (B, C, T) -> (B, 2C, T / stride)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, input_dim: int, output_dim: int, stride: int, noise: bool, groups: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = [
+            Snake1d(input_dim),
+            wn_conv_transpose1d(input_dim, output_dim, kernel_size=2 * stride, stride=stride,
+                                padding=math.ceil(stride / 2), output_padding=stride % 2),
+        ]
+        if noise:
+            layers.append(NoiseBlock(output_dim))
+        layers += residual_stack(output_dim, groups)
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)  # (B, C_in, T) -> (B, C_out, T * stride)
+
+
+class Encoder(nn.Module):
+    def __init__(self, d_model: int, strides: list[int], depthwise: bool, attn_window_size: int | None):
+        super().__init__()
+        layers: list[nn.Module] = [wn_conv1d(1, d_model, kernel_size=7, padding=3)]
+        for stride in strides:
+            d_model *= 2
+            layers.append(EncoderBlock(d_model, stride, groups=d_model // 2 if depthwise else 1))
+        if attn_window_size is not None:
+            layers.append(LocalMHA(d_model, window_size=attn_window_size))
+        layers.append(wn_conv1d(d_model, d_model, kernel_size=7, padding=3,
+                                groups=d_model if depthwise else 1))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)  # (B, 1, T) -> (B, latent_dim, T / hop)
+
+
+def decoder_trunk(input_channel: int, channels: int, rates: list[int], noise: bool,
+                  depthwise: bool, attn_window_size: int | None) -> tuple[list[nn.Module], int]:
+    """The decoder up to (and including) its last upsampling block; returns (layers, out channels)."""
+    if depthwise:
+        layers: list[nn.Module] = [
+            wn_conv1d(input_channel, input_channel, kernel_size=7, padding=3, groups=input_channel),
+            wn_conv1d(input_channel, channels, kernel_size=1),
+        ]
+    else:
+        layers = [wn_conv1d(input_channel, channels, kernel_size=7, padding=3)]
+    if attn_window_size is not None:
+        layers.append(LocalMHA(channels, window_size=attn_window_size))
+    output_dim = channels
+    for i, stride in enumerate(rates):
+        input_dim, output_dim = channels // 2**i, channels // 2 ** (i + 1)
+        layers.append(DecoderBlock(input_dim, output_dim, stride, noise,
+                                   groups=output_dim if depthwise else 1))
+    return layers, output_dim
+
+
+class Decoder(nn.Module):
+    """latent (B, latent_dim, T) -> audio (B, 1, T * prod(rates)).
+
+    With ``output_layers=False`` it stops after the last upsampling block (the trunk that the
+    48 kHz model reuses) and returns features of ``out_channels`` channels.
+    """
+
+    def __init__(self, input_channel: int, channels: int, rates: list[int], noise: bool,
+                 depthwise: bool, attn_window_size: int | None, output_layers: bool = True):
+        super().__init__()
+        layers, self.out_channels = decoder_trunk(input_channel, channels, rates, noise,
+                                                  depthwise, attn_window_size)
+        if output_layers:
+            layers += [Snake1d(self.out_channels),
+                       wn_conv1d(self.out_channels, 1, kernel_size=7, padding=3), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

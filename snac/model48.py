@@ -1,0 +1,166 @@
+"""SNAC48: the published codes decoded at a higher rate (48 kHz from snac_24khz).
+
+The base model's quantizer and decoder trunk (up to its last upsampling block) are kept; a new
+head upsamples by ``factor = target_sample_rate / base sampling_rate``:
+
+    trunk features (B, C, T) -> upsample xF (B, C, F*T) -> [noise] -> 3 residual units
+    -> Snake -> conv (kernel F*(7-1)+1) -> tanh -> (B, 1, F*T)
+
+Smart initialisation makes the head start as "the base output layers, then band-limited
+interpolation": the transposed conv zero-stuffs (sample F*m is input m, the rest 0; Snake(0) = 0),
+the residual units and the noise start as identities (zero magnitude on their output convs), the
+Snake copies the base's final alphas, and the final conv is the base's 7-tap kernel dilated by F
+and convolved with a windowed-sinc interpolator. So every F-th output sample equals the base
+decoder's output, and the samples between interpolate its pre-tanh signal.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import torch
+from torch import nn
+
+from .hub import load_weights, resolve_pretrained, save_pretrained_files
+from .layers import (NoiseBlock, Snake1d, decoder_trunk, residual_stack, set_weight_norm_weight,
+                     wn_conv1d, wn_conv_transpose1d)
+from .model import SNAC
+from .vq import ResidualVectorQuantize
+
+BASE_KERNEL = 7  # kernel of the base decoder's final conv (SNAC's architecture)
+INTERP_TAPS = 6  # base-rate samples on each side that the initial output interpolation reads
+
+
+def final_kernel_size(factor: int) -> int:
+    # the base kernel dilated by F, convolved with a windowed-sinc interpolator of 2*F*taps-1 taps
+    return factor * (BASE_KERNEL - 1) + 1 + 2 * factor * INTERP_TAPS - 2
+
+
+class UpsampleHead(nn.Module):
+    def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool):
+        super().__init__()
+        self.factor = factor
+        self.upsample = wn_conv_transpose1d(channels, channels, kernel_size=2 * factor, stride=factor,
+                                            padding=math.ceil(factor / 2), output_padding=factor % 2)
+        self.noise = NoiseBlock(channels) if noise else nn.Identity()
+        self.residual = nn.Sequential(*residual_stack(channels, channels if depthwise else 1))
+        self.snake = Snake1d(channels)
+        kernel = final_kernel_size(factor)
+        self.conv = wn_conv1d(channels, 1, kernel_size=kernel, padding=kernel // 2)
+        self.tanh = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.upsample(x)  # (B, C, T) -> (B, C, F*T)
+        x = self.residual(self.noise(x))
+        return self.tanh(self.conv(self.snake(x)))  # (B, 1, F*T)
+
+    @torch.no_grad()
+    def smart_init(self, base_snake: Snake1d, base_conv: nn.Conv1d) -> None:
+        f = self.factor
+        c = self.snake.alpha.shape[1]
+        # zero-stuffing: tap i of the transposed conv lands at output offset i - padding, so the
+        # tap at offset 0 alone is 1 -> sample F*m is input m, the F-1 samples between are 0.
+        # Snake(0) = 0, so the Snake output is the base's Snake output, zero-stuffed.
+        up = torch.zeros_like(self.upsample.weight)  # (C_in, C_out, 2F)
+        up[torch.arange(c), torch.arange(c), self.upsample.padding[0]] = 1.0
+        set_weight_norm_weight(self.upsample, up)
+        self.upsample.bias.zero_()
+        # residual units and noise start as identities: zero magnitude on their output conv
+        # (the direction stays random so it can learn once the magnitude moves off zero)
+        zero_out = [unit.block[-1] for unit in self.residual]
+        if isinstance(self.noise, NoiseBlock):
+            zero_out.append(self.noise.linear)
+        for conv in zero_out:
+            conv.parametrizations.weight.original0.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
+        self.snake.alpha.copy_(base_snake.alpha)
+        # final conv = base kernel dilated by F (so the output at samples F*m is the base output)
+        # convolved with a Hann-windowed sinc that fills the samples between (band-limited
+        # interpolation of the base's pre-tanh output).
+        dilated = torch.zeros(base_conv.weight.shape[:2] + (f * (BASE_KERNEL - 1) + 1,), dtype=torch.float64)
+        dilated[..., ::f] = base_conv.weight.double()  # (1, C, F*6+1)
+        offsets = torch.arange(-(f * INTERP_TAPS - 1), f * INTERP_TAPS, dtype=torch.float64) / f
+        interp = torch.sinc(offsets) * torch.cos(torch.pi * offsets / (2 * INTERP_TAPS)).pow(2)
+        c_in = dilated.shape[1]
+        # full convolution of every channel's kernel with the (symmetric) interpolator
+        w = torch.nn.functional.conv1d(dilated.reshape(c_in, 1, -1), interp.reshape(1, 1, -1),
+                                       padding=len(interp) - 1).reshape(1, c_in, -1)
+        set_weight_norm_weight(self.conv, w.to(self.conv.weight.dtype))
+        self.conv.bias.copy_(base_conv.bias)
+
+
+class SNAC48(nn.Module):
+    """Decodes a base SNAC model's codes at ``target_sample_rate`` (48 kHz by default)."""
+
+    def __init__(self, base_config: dict, target_sample_rate: int = 48000):
+        super().__init__()
+        base_rate = base_config["sampling_rate"]
+        if target_sample_rate % base_rate or target_sample_rate // base_rate < 2:
+            raise ValueError(
+                f"SNAC48 needs a base model whose sampling rate divides {target_sample_rate} Hz at "
+                f"least twice (24000 Hz -> x2); this base runs at {base_rate} Hz. Use the 24 kHz model")
+        cfg = SNAC(**base_config).config  # normalised (latent_dim filled in)
+        self.base_config = cfg
+        self.factor = target_sample_rate // base_rate
+        self.config = {"base": cfg, "target_sample_rate": target_sample_rate,
+                       "head": {"upsample_factor": self.factor,
+                                "final_kernel": final_kernel_size(self.factor)}}
+        self.sampling_rate = target_sample_rate
+        self.base_sampling_rate = base_rate
+        self.hop_length = math.prod(cfg["encoder_rates"])
+        self.vq_strides = list(cfg["vq_strides"])
+        self.quantizer = ResidualVectorQuantize(cfg["latent_dim"], cfg["codebook_size"],
+                                                cfg["codebook_dim"], cfg["vq_strides"])
+        layers, channels = decoder_trunk(cfg["latent_dim"], cfg["decoder_dim"], cfg["decoder_rates"],
+                                         cfg["noise"], cfg["depthwise"], cfg["attn_window_size"])
+        self.decoder = nn.Module()
+        self.decoder.model = nn.Sequential(*layers)  # keys decoder.model.N as in the base
+        self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"])
+
+    @classmethod
+    def from_snac(cls, base: SNAC, target_sample_rate: int = 48000) -> "SNAC48":
+        """Copy the base's quantizer and decoder trunk; smart-initialise the new head."""
+        model = cls(base.config, target_sample_rate)
+        model.quantizer.load_state_dict(base.quantizer.state_dict())
+        n = len(model.decoder.model)
+        model.decoder.model.load_state_dict(base.decoder.model[:n].state_dict())
+        base_snake, base_conv = base.decoder.model[n], base.decoder.model[n + 1]
+        model.head.smart_init(base_snake, base_conv)
+        return model.to(next(base.parameters()).device)
+
+    def forward(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        return self.decode(codes)
+
+    def decode(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """codes -> (B, 1, factor * len(codes[-1]) * vq_strides[-1] * hop) at ``sampling_rate``."""
+        return self.head(self.decoder.model(self.quantizer.from_codes(codes)))
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{'head': the new head, 'decoder': the pretrained trunk, 'frozen': the VQ}."""
+        return {"head": list(self.head.parameters()), "decoder": list(self.decoder.parameters()),
+                "frozen": list(self.quantizer.parameters())}
+
+    # ---- loading and saving ----
+    @classmethod
+    def from_config_dict(cls, config: dict) -> "SNAC48":
+        return cls(config["base"], config.get("target_sample_rate", 48000))
+
+    @classmethod
+    def from_pretrained(cls, id_or_dir: str | os.PathLike) -> "SNAC48":
+        config, weights = resolve_pretrained(id_or_dir)
+        if "base" not in config:
+            raise ValueError(f"{id_or_dir} holds a base SNAC model; build the 48 kHz model with "
+                             "SNAC48.from_snac(SNAC.from_pretrained(...))")
+        model = cls.from_config_dict(config)
+        model.load_state_dict(load_weights(weights), strict=True)
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        save_pretrained_files(directory, copy.deepcopy(self.config), self.state_dict())
