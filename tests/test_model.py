@@ -1,0 +1,158 @@
+"""SNAC lengths, shapes, errors, weight-norm handling and save/load round trips."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from model_configs import SNAC_24KHZ, TINY_24KHZ, TINY_32KHZ
+from snac import SNAC, SNAC48, load_model
+from snac.layers import set_weight_norm_weight, wn_conv1d
+
+
+def test_full_24khz_keys_and_parameter_count():
+    model = SNAC(**SNAC_24KHZ)
+    sd = model.state_dict()
+    assert len(sd) == 269
+    assert sum(p.numel() for p in model.parameters()) == 19_842_914
+    # final layers of the decoder sit at model.6 (Snake), model.7 (conv), model.8 (Tanh)
+    assert sd["decoder.model.6.alpha"].shape == (1, 64, 1)
+    assert sd["decoder.model.7.parametrizations.weight.original1"].shape == (1, 64, 7)
+    # a transposed conv's weight-norm magnitude is (in_channels, 1, 1)
+    assert sd["decoder.model.2.block.1.parametrizations.weight.original0"].shape == (1024, 1, 1)
+    assert sd["quantizer.quantizers.2.codebook.weight"].shape == (4096, 8)
+    assert model.hop_length == 512 and model.pad_multiple == 2048
+
+
+@pytest.mark.parametrize("cfg", [TINY_24KHZ, TINY_32KHZ], ids=["24k", "32k-attn"])
+@pytest.mark.parametrize("extra", [-1, 0, 1, 999])
+def test_odd_lengths_pad_and_trim(cfg, extra):
+    model = SNAC(**cfg).eval()
+    hop = math.prod(cfg["encoder_rates"])
+    pad_to = hop * math.lcm(cfg["vq_strides"][0], cfg["attn_window_size"] or 1)
+    length = pad_to * 2 + extra
+    audio = torch.randn(2, 1, length) * 0.1
+    with torch.inference_mode():
+        codes = model.encode(audio)
+        frames = math.ceil(length / pad_to) * pad_to // hop
+        assert [c.shape for c in codes] == [(2, frames // s) for s in cfg["vq_strides"]]
+        # every scale spans the same time: len_i * stride_i equal
+        assert len({c.shape[-1] * s for c, s in zip(codes, cfg["vq_strides"])}) == 1
+        decoded = model.decode(codes)
+        assert decoded.shape == (2, 1, frames * hop)
+        out, _ = model(audio)
+        assert out.shape == audio.shape
+
+
+def test_one_second_24khz_code_lengths():
+    model = SNAC(**TINY_24KHZ).eval()
+    with torch.inference_mode():
+        codes = model.encode(torch.zeros(1, 1, 24000))
+    assert [c.shape[-1] for c in codes] == [12, 24, 48]
+
+
+@pytest.mark.parametrize("shape", [(24000,), (1, 24000), (1, 2, 24000)])
+def test_bad_input_shape_names_expected_shape(shape):
+    with pytest.raises(ValueError, match=r"\(B, 1, T\) at 24000 Hz"):
+        SNAC(**TINY_24KHZ).encode(torch.zeros(shape))
+
+
+def test_codes_of_mismatched_lengths_are_refused():
+    model = SNAC(**TINY_24KHZ)
+    codes = [torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long),
+             torch.zeros(1, 9, dtype=torch.long)]
+    with pytest.raises(ValueError, match="same time span"):
+        model.decode(codes)
+
+
+def test_set_weight_norm_weight_changes_the_effective_weight():
+    conv = wn_conv1d(3, 2, kernel_size=5)
+    target = torch.randn(2, 3, 5)
+    conv.weight.data.copy_(target)  # the pitfall: the parametrization recomputes .weight
+    assert not torch.allclose(conv.weight, target)
+    set_weight_norm_weight(conv, target)
+    assert torch.allclose(conv.weight, target, atol=1e-6)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = SNAC(**TINY_32KHZ)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["vq_strides"] == [8, 4, 2, 1]
+    loaded = SNAC.from_pretrained(tmp_path / "m")
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert type(load_model(tmp_path / "m")) is SNAC
+
+
+def test_from_pretrained_reads_pytorch_model_bin(tmp_path):
+    model = SNAC(**TINY_24KHZ)
+    (tmp_path / "config.json").write_text(json.dumps(TINY_24KHZ))
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded = SNAC.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
+    sd = SNAC(**TINY_24KHZ).state_dict()
+    sd["evil"] = _Payload()
+    (tmp_path / "config.json").write_text(json.dumps(TINY_24KHZ))
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pickled code"):
+        SNAC.from_pretrained(tmp_path)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_strict_loading_refuses_missing_keys(tmp_path):
+    model = SNAC(**TINY_24KHZ)
+    model.save_pretrained(tmp_path)
+    cfg = dict(TINY_24KHZ, noise=False)  # no NoiseBlocks: the checkpoint has extra keys
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        SNAC.from_pretrained(tmp_path)
+
+
+def test_missing_directory_and_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        SNAC.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(TINY_24KHZ))
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        SNAC.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor a hub id"):
+        SNAC.from_pretrained(tmp_path / "nope")
+
+
+def test_hub_id_path_downloads_config_and_weights(tmp_path, monkeypatch):
+    """The hub branch, with the download replaced by a local folder in the hub's layout."""
+    repo = tmp_path / "hub" / "someone" / "snac_tiny"
+    SNAC(**TINY_24KHZ).save_pretrained(repo)
+    asked = []
+
+    def fake_download(repo_id, filename):
+        asked.append((repo_id, filename))
+        path = tmp_path / "hub" / repo_id / filename
+        return str(path) if path.exists() else None
+
+    monkeypatch.setattr("snac.hub._hub_download", fake_download)
+    model = SNAC.from_pretrained("someone/snac_tiny")
+    assert model.sampling_rate == 24000
+    assert asked == [("someone/snac_tiny", "config.json"), ("someone/snac_tiny", "model.safetensors")]
+    SNAC48.from_snac(model).save_pretrained(tmp_path / "hub" / "someone" / "snac48_tiny")
+    assert isinstance(SNAC48.from_pretrained("someone/snac48_tiny"), SNAC48)
+    with pytest.raises(ValueError, match="SNAC48.from_pretrained"):
+        SNAC.from_pretrained("someone/snac48_tiny")
+
+
+def test_hub_download_failure_is_one_clear_error(monkeypatch):
+    def failing(repo_id, filename):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("snac.hub._hub_download", failing)
+    with pytest.raises(RuntimeError, match="could not download someone/x from the Hugging Face hub"):
+        SNAC.from_pretrained("someone/x")

@@ -1,0 +1,110 @@
+"""SNAC48: lengths, smart initialisation, parameter groups, save/load."""
+
+import pytest
+import torch
+import torchaudio.functional as AF
+
+from model_configs import SNAC_24KHZ, TINY_24KHZ, TINY_32KHZ
+from snac import SNAC, SNAC48, load_model
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
+
+
+def speechlike(seconds: float, sr: int) -> torch.Tensor:
+    t = torch.arange(int(seconds * sr)) / sr
+    voiced = sum(torch.sin(2 * torch.pi * 140 * h * t) / h for h in range(1, 12))
+    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t)
+    return (0.2 * voiced * envelope).reshape(1, 1, -1)
+
+
+@pytest.fixture(scope="module")
+def full_base():
+    torch.manual_seed(0)
+    return SNAC(**SNAC_24KHZ).eval()
+
+
+def test_decode_length_is_twice_the_base(full_base):
+    model = SNAC48.from_snac(SNAC(**TINY_24KHZ)).eval()
+    for n in (1, 3):
+        codes = [torch.zeros(2, n * 4 // s, dtype=torch.long) for s in TINY_24KHZ["vq_strides"]]
+        base_len = SNAC(**TINY_24KHZ).decode(codes).shape[-1]
+        assert model.decode(codes).shape == (2, 1, 2 * base_len)
+    assert model.sampling_rate == 48000 and model.factor == 2
+
+
+def test_base_that_does_not_divide_48khz_is_refused():
+    with pytest.raises(ValueError, match="divides 48000 Hz.*32000 Hz"):
+        SNAC48.from_snac(SNAC(**TINY_32KHZ))
+
+
+def test_smart_init_matches_stock_decode(full_base):
+    """At step 0 the 48 kHz output keeps what the 24 kHz decoder does (same noise draws)."""
+    model = SNAC48.from_snac(full_base).eval()
+    with torch.inference_mode():
+        codes = full_base.encode(speechlike(2.0, 24000))
+        torch.manual_seed(7)
+        stock = full_base.decode(codes)
+        torch.manual_seed(7)  # the trunk draws the same noise; the head's noise gain starts at 0
+        out48 = model.decode(codes)
+    # every second output sample is the stock output, by construction of the initialisation
+    assert (out48[..., ::2] - stock).abs().max() < 1e-5
+    snr = snr_db(stock, AF.resample(out48, 48000, 24000))
+    print(f"smart-init SNR (48k resampled to 24k vs stock, random full-size 24 kHz base): {snr:.1f} dB")
+    assert snr >= 20.0
+
+
+def test_smart_init_goes_through_the_parametrization(full_base):
+    model = SNAC48.from_snac(full_base)
+    head = model.head
+    # the head's final conv is the base kernel dilated by 2 at the even taps around the centre
+    base_w = full_base.decoder.model[7].weight
+    centre = head.conv.weight.shape[-1] // 2
+    assert torch.allclose(head.conv.weight[..., centre - 6:centre + 7:2], base_w, atol=1e-6)
+    assert torch.equal(head.snake.alpha, full_base.decoder.model[6].alpha)
+    for unit in head.residual:  # identities at init through zero magnitude
+        assert torch.count_nonzero(unit.block[-1].weight) == 0
+    assert torch.count_nonzero(head.noise.linear.weight) == 0
+
+
+def test_parameter_groups_split_head_trunk_and_vq():
+    model = SNAC48.from_snac(SNAC(**TINY_24KHZ))
+    groups = model.parameter_groups()
+    ids = {name: {id(p) for p in ps} for name, ps in groups.items()}
+    assert not (ids["head"] & ids["decoder"]) and not (ids["head"] & ids["frozen"])
+    assert not (ids["decoder"] & ids["frozen"])
+    assert set().union(*ids.values()) == {id(p) for p in model.parameters()}
+    assert id(model.head.snake.alpha) in ids["head"]  # the new Snake must reach the optimizer
+    assert all(id(p) in ids["frozen"] for p in model.quantizer.parameters())
+    base_groups = SNAC(**TINY_24KHZ).parameter_groups()
+    c = TINY_24KHZ["decoder_dim"] // 2 ** len(TINY_24KHZ["decoder_rates"])  # channels at the output
+    assert sum(p.numel() for p in base_groups["head"]) == c + (c * 7 + 1 + 1)  # Snake + conv (v, g, b)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = SNAC48.from_snac(SNAC(**TINY_24KHZ))
+    model.save_pretrained(tmp_path / "m48")
+    loaded = SNAC48.from_pretrained(tmp_path / "m48")
+    assert loaded.config == model.config
+    assert loaded.config["base"]["vq_strides"] == [4, 2, 1]
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert list(sd) == list(sd2) and all(torch.equal(sd[k], sd2[k]) for k in sd)
+    assert isinstance(load_model(tmp_path / "m48"), SNAC48)
+    with pytest.raises(ValueError, match="48 kHz model"):
+        SNAC.from_pretrained(tmp_path / "m48")
+    codes = [torch.randint(0, 64, (1, 8 // s)) for s in (4, 2, 1)]
+    torch.manual_seed(3)
+    a = model.eval().decode(codes)
+    torch.manual_seed(3)
+    assert torch.equal(a, loaded.decode(codes))
+
+
+def test_load_model_reads_a_training_checkpoint(tmp_path):
+    model = SNAC48.from_snac(SNAC(**TINY_24KHZ))
+    torch.save({"model": model.state_dict(), "model_config": model.config, "iteration": 3},
+               tmp_path / "ckpt.pt")
+    loaded = load_model(tmp_path / "ckpt.pt")
+    assert isinstance(loaded, SNAC48)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
