@@ -180,3 +180,17 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+def fold_weight_norm(model: nn.Module, state_dict: dict | None = None) -> nn.Module:
+    """For inference: load ``state_dict`` (if given), then replace every weight-norm
+    parametrization by its current plain weight, so ``.weight`` is no longer recomputed on every
+    forward. The folded model's state_dict has plain ``weight`` keys: save the unfolded one."""
+    from torch.nn.utils import parametrize
+
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
