@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Decode audio (or saved codes) with a fine-tuned SNAC decoder: any audio -> codes -> 48 kHz wav.
+
+    uv run python inference.py --checkpoint runs/snac48/best_model.pt --input in.wav --output out.wav
+    uv run python inference.py --checkpoint exported/ --input audio_dir/ --output decoded_dir/ --compare
+    uv run python inference.py --checkpoint runs/snac48/best_model.pt --input in.wav --output out.wav --save_codes
+    uv run python inference.py --checkpoint runs/snac48/best_model.pt --from_codes --input out.codes.npz --output again.wav
+
+The codes always come from the base model's frozen encoder (a SNAC48 has no encoder of its own):
+audio of any rate and channel count is downmixed to mono, resampled to the base rate (24 kHz),
+encoded, decoded by the checkpoint at its rate (48 kHz for a SNAC48; a 24 kHz-mode checkpoint
+decodes at 24 kHz) and trimmed to the input's duration. Long files are encoded and decoded in
+overlapping chunks (``--chunk_seconds``), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from snac import SNAC
+from snac.audio import AUDIO_EXTENSIONS, load_audio, resample
+from snac.inference import (CODES_SUFFIX, codec_config, config_difference, decode_codes, encode_audio,
+                            iter_decode, load_codec_pair, load_codes, same_codec, save_codes)
+
+DEFAULT_BASE = "hubertsiuzdak/snac_24khz"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint (.pt), exported model directory, or hub id")
+    p.add_argument("--input", required=True, help="audio file or folder (with --from_codes: codes file or folder)")
+    p.add_argument("--output", required=True,
+                   help="output wav (for a file input) or folder (for a folder input; layout kept)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or a GPU index (default: cuda:0 if present)")
+    p.add_argument("--base_model", default=None,
+                   help="base SNAC (hub id or dir) whose encoder makes the codes; default: the "
+                        f"checkpoint's recorded --pretrained_model when it can be found, else {DEFAULT_BASE}")
+    p.add_argument("--save_codes", action="store_true",
+                   help=f"also write the codes next to each output as <name>{CODES_SUFFIX}")
+    p.add_argument("--from_codes", action="store_true",
+                   help=f"the input is {CODES_SUFFIX} file(s) written by --save_codes: decode them")
+    p.add_argument("--compare", action="store_true",
+                   help="also write the stock base-model decode of the same codes as <name>.stock_<rate>.wav")
+    p.add_argument("--chunk_seconds", type=float, default=30.0,
+                   help="audio per encode/decode chunk (memory bound); 0 = whole file in one piece")
+    p.add_argument("--seed", type=int, default=0, help="seed of the decoder's noise, set before each file")
+    p.add_argument("--subtype", default="PCM_16", help="soundfile wav subtype: PCM_16, PCM_24 or FLOAT")
+    args = p.parse_args(argv)
+    if args.chunk_seconds < 0:
+        p.error("--chunk_seconds must be >= 0 (0 = no chunking)")
+    return args
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """'cpu' | 'cuda' | 'cuda:N' | 'N' -> torch.device; refuses a GPU that is not there."""
+    if spec is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    spec = str(spec)
+    dev = torch.device(f"cuda:{spec}" if spec.isdigit() else spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: --device {spec} asks for a GPU but torch sees none; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SystemExit(f"error: --device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
+    return dev
+
+
+def fold(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold weight norm into plain weights when the package offers it (faster inference)."""
+    try:
+        from snac.layers import fold_weight_norm
+    except ImportError:
+        return model
+    return fold_weight_norm(model)
+
+
+def find_inputs(root: Path, from_codes: bool) -> list[Path]:
+    if from_codes:
+        return sorted(p for p in root.rglob(f"*{CODES_SUFFIX}") if p.is_file())
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def output_stem(path: Path) -> str:
+    name = path.name
+    return name[:-len(CODES_SUFFIX)] if name.endswith(CODES_SUFFIX) else path.stem
+
+
+def write_stream(path: Path, chunks, rate: int, length: int, subtype: str) -> None:
+    """Write the first ``length`` samples of a chunk stream (zero-padded if it runs short)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial.wav")
+    written = 0
+    with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format="WAV") as f:
+        for chunk in chunks:
+            take = chunk[:max(0, length - written)]
+            f.write(np.clip(take, -1.0, 1.0))
+            written += len(take)
+        if written < length:
+            f.write(np.zeros(length - written, dtype=np.float32))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    chunk = args.chunk_seconds or None
+    torch.set_grad_enabled(False)
+
+    # ---- models ----
+    try:
+        model, base, base_spec = load_codec_pair(args.checkpoint, args.base_model, not args.from_codes,
+                                                 args.compare, DEFAULT_BASE)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}")
+    codec = codec_config(model)
+    if isinstance(model, SNAC):
+        print(f"{args.checkpoint} holds a plain SNAC: encoding and decoding at its own {model.sampling_rate} Hz")
+    if base is not None:
+        print(f"base model: {base_spec}")
+    model = fold(model.eval()).to(device)
+    if base is not None:
+        base = fold(base.eval()).to(device)
+    encoder = model if isinstance(model, SNAC) else base  # None only with --from_codes
+    out_rate = model.sampling_rate
+    codec_rate = codec["sampling_rate"]
+
+    # ---- inputs -> outputs ----
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise SystemExit(f"error: --input {src} does not exist")
+    if src.is_dir():
+        files = find_inputs(src, args.from_codes)
+        if not files:
+            kind = f"{CODES_SUFFIX} files" if args.from_codes else f"audio files ({', '.join(AUDIO_EXTENSIONS)})"
+            raise SystemExit(f"error: --input {src} holds no {kind}")
+        if dst.exists() and not dst.is_dir():
+            raise SystemExit(f"error: --input is a folder, so --output must be a folder; {dst} is a file")
+        jobs = [(f, dst / f.relative_to(src).parent / f"{output_stem(f)}.wav") for f in files]
+    else:
+        if args.from_codes and not src.name.endswith(CODES_SUFFIX):
+            raise SystemExit(f"error: --from_codes expects a {CODES_SUFFIX} file, got {src}")
+        out = dst / f"{output_stem(src)}.wav" if dst.is_dir() else dst
+        if out.suffix.lower() != ".wav":
+            raise SystemExit(f"error: --output {dst} must end in .wav (or be an existing folder)")
+        jobs = [(src, out)]
+
+    failures, seconds = [], 0.0
+    start = time.time()
+    for path, out in tqdm(jobs, desc="decoding", unit="file", disable=len(jobs) == 1):
+        try:
+            if args.from_codes:
+                codes, meta = load_codes(path)
+                if "model_config" in meta and not same_codec(meta["model_config"], codec):
+                    raise ValueError(f"codes were made by another codec "
+                                     f"({config_difference(meta['model_config'], codec)})")
+                src_rate, src_len = meta["source_sample_rate"], meta["source_num_samples"]
+            else:
+                audio, src_rate = load_audio(path, mono=True)  # (frames,) float32
+                src_len = len(audio)
+                codes = encode_audio(encoder, resample(audio, src_rate, codec_rate), chunk, device=device)
+            torch.manual_seed(args.seed)
+            length = math.ceil(src_len * out_rate / src_rate)  # output trimmed to the input's duration
+            write_stream(out, iter_decode(model, codes, chunk, device=device), out_rate, length, args.subtype)
+            if args.save_codes:
+                save_codes(out.with_name(output_stem(out) + CODES_SUFFIX), codes,
+                           {"model_config": codec, "source_sample_rate": src_rate,
+                            "source_num_samples": src_len, "source": str(path)})
+            if args.compare:
+                torch.manual_seed(args.seed)
+                stock = decode_codes(base, codes, chunk, device=device)
+                stock_len = math.ceil(src_len * base.sampling_rate / src_rate)
+                stock_out = out.with_name(f"{output_stem(out)}.stock_{base.sampling_rate // 1000}khz.wav")
+                write_stream(stock_out, [stock], base.sampling_rate, stock_len, args.subtype)
+            seconds += src_len / src_rate
+        except Exception as e:  # one bad file must not stop a folder run; say which and why
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            failures.append(f"{path}: {msg}")
+            tqdm.write(f"failed: {path}: {msg}", file=sys.stderr)
+    elapsed = time.time() - start
+    done = len(jobs) - len(failures)
+    print(f"decoded {done}/{len(jobs)} file(s), {seconds:.1f} s of audio in {elapsed:.1f} s "
+          f"({seconds / max(elapsed, 1e-9):.1f}x real time) at {out_rate} Hz -> {dst}")
+    if failures:
+        print(f"{len(failures)} file(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Evaluate a 48 kHz decoder against the stock 24 kHz decoder on held-out audio.
+
+    uv run python scripts/evaluate.py --checkpoint runs/snac48/best_model.pt --input_dir data/val \
+        --output_dir eval_report
+    uv sync --extra eval   # optional: PESQ-WB and STOI (packages pesq, pystoi)
+
+Each file is downmixed to mono; the reference is the file at ``--sample_rate`` (48 kHz). The
+codes come from the base model's encoder on the file resampled to the base rate; they are
+decoded by the checkpoint (48 kHz) and by the stock base decoder (24 kHz, resampled to 48 kHz),
+both trimmed to the reference's length, with the same noise seed. Metrics (snac/metrics.py):
+mel distance, multi-resolution STFT distance, SI-SDR, log-spectral distance of the 12-24 kHz
+band, and PESQ-WB / STOI at 16 kHz when the optional packages are installed. Writes
+``report.md`` and ``metrics.json`` (means and per-file rows) and spectrogram PNGs comparing the
+original with both decodes. Without ``--checkpoint`` only the stock decoder is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from snac import SNAC  # noqa: E402
+from snac.audio import AUDIO_EXTENSIONS, load_audio, resample  # noqa: E402
+from snac.hub import load_model  # noqa: E402
+from snac.inference import codec_config, decode_codes, encode_audio, load_codec_pair  # noqa: E402
+from snac.metrics import all_metrics, optional_metrics_available  # noqa: E402
+
+DEFAULT_BASE = "hubertsiuzdak/snac_24khz"
+COLUMNS = [("mel_distance", "mel dist. ↓", ".3f"), ("stft_distance", "MR-STFT dist. ↓", ".3f"),
+           ("si_sdr", "SI-SDR dB ↑", ".2f"), ("lsd_high_band", "LSD {band} dB ↓", ".2f"),
+           ("pesq_wb", "PESQ-WB ↑", ".3f"), ("stoi", "STOI ↑", ".3f")]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_dir", required=True, help="held-out audio (ideally 48 kHz), searched recursively")
+    p.add_argument("--checkpoint", default=None,
+                   help="model to evaluate: training checkpoint .pt, exported dir or hub id (omit: stock only)")
+    p.add_argument("--base_model", default=None,
+                   help=f"base SNAC for the codes and the stock decode (default: the checkpoint's recorded "
+                        f"--pretrained_model, else {DEFAULT_BASE})")
+    p.add_argument("--output_dir", default="eval_report", help="where report.md, metrics.json, spectrograms/ go")
+    p.add_argument("--sample_rate", type=int, default=48000, help="rate of the references and the comparison")
+    p.add_argument("--band", default="12000,24000", help="band of the log-spectral distance, Hz 'low,high'")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or a GPU index")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files (sorted by path)")
+    p.add_argument("--max_seconds", type=float, default=None, help="evaluate only the first S seconds of each file")
+    p.add_argument("--spectrograms", type=int, default=4, help="files that get a spectrogram PNG")
+    p.add_argument("--chunk_seconds", type=float, default=30.0, help="encode/decode chunk (memory bound)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the decoders' noise (same for both systems)")
+    p.add_argument("--no_optional", action="store_true", help="skip PESQ/STOI even when installed")
+    args = p.parse_args(argv)
+    try:
+        low, high = (float(v) for v in args.band.split(","))
+    except ValueError:
+        p.error(f"--band must be two numbers 'low,high' in Hz, got {args.band!r}")
+    if not 0 <= low < high:
+        p.error(f"--band {args.band}: need 0 <= low < high")
+    args.band_hz = (low, high)
+    return args
+
+
+def device_of(spec: str | None) -> torch.device:
+    if spec is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(f"cuda:{spec}" if str(spec).isdigit() else spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {spec} asks for a GPU but torch sees none; use --device cpu")
+    return dev
+
+
+def fit(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad to n samples."""
+    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+def mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def spectrogram_png(path: Path, title: str, signals: dict[str, np.ndarray], rate: int, band_low: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_fft, hop = 2048, 512
+    fig, axes = plt.subplots(len(signals), 1, figsize=(10, 2.6 * len(signals)), sharex=True, squeeze=False)
+    window = torch.hann_window(n_fft)
+    for ax, (name, x) in zip(axes[:, 0], signals.items()):
+        spec = torch.stft(torch.as_tensor(x, dtype=torch.float32), n_fft, hop, window=window,
+                          return_complex=True).abs()
+        db = 20 * torch.log10(spec.clamp_min(1e-5)).numpy()
+        extent = (0, len(x) / rate, 0, rate / 2000)
+        ax.imshow(db, origin="lower", aspect="auto", extent=extent, cmap="magma", vmin=-80, vmax=max(0, db.max()))
+        ax.axhline(band_low / 1000, color="cyan", lw=0.6, ls="--")
+        ax.set_ylabel("kHz")
+        ax.set_title(name, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    band = report["settings"]["band_label"]
+    header = ["system"] + [label.format(band=band) for _, label, _ in COLUMNS] + ["files"]
+    lines = [f"# Evaluation: {report['settings']['checkpoint'] or 'stock decoder only'}", "",
+             f"{report['settings']['files']} files, {report['settings']['seconds']:.1f} s of audio from "
+             f"`{report['settings']['input_dir']}`, compared at {report['settings']['sample_rate']} Hz "
+             f"(base model `{report['settings']['base_model']}`, noise seed {report['settings']['seed']}).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for system, means in report["mean"].items():
+        cells = [system] + [format(means[k], f) if means.get(k) is not None else "n/a" for k, _, f in COLUMNS]
+        lines.append("| " + " | ".join(cells + [str(report["counts"][system])]) + " |")
+    notes = report["notes"]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    if report["spectrograms"]:
+        lines += ["", "## Spectrograms", ""] + [f"![{Path(p).stem}]({p})" for p in report["spectrograms"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    device = device_of(args.device)
+    root = Path(args.input_dir)
+    if not root.is_dir():
+        raise SystemExit(f"error: --input_dir {root} is not a folder of audio files")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if args.limit:
+        files = files[:args.limit]
+    if not files:
+        raise SystemExit(f"error: --input_dir {root} holds no audio ({', '.join(AUDIO_EXTENSIONS)})")
+
+    try:
+        if args.checkpoint:
+            model, base, base_spec = load_codec_pair(args.checkpoint, args.base_model, True, True, DEFAULT_BASE)
+        else:
+            base_spec = args.base_model or DEFAULT_BASE
+            model, base = None, load_model(base_spec).eval()
+            if not isinstance(base, SNAC):
+                raise ValueError(f"--base_model {base_spec} is not a base SNAC with an encoder")
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}")
+    base = base.to(device)
+    systems: dict[str, torch.nn.Module] = {f"stock {base.sampling_rate // 1000} kHz": base}
+    if model is not None:
+        systems[f"model {model.sampling_rate // 1000} kHz"] = model.to(device)
+    rate, (low, high) = args.sample_rate, args.band_hz
+    codec_rate = codec_config(base)["sampling_rate"]
+    optional = optional_metrics_available()
+    use_optional = not args.no_optional and any(optional.values())
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, pngs, notes, seconds, upsampled = [], [], [], 0.0, 0
+    start = time.time()
+    for i, path in enumerate(tqdm(files, desc="evaluating", unit="file")):
+        audio, src_rate = load_audio(path, mono=True)
+        if args.max_seconds:
+            audio = audio[:int(args.max_seconds * src_rate)]
+        ref = resample(audio, src_rate, rate)
+        seconds += len(audio) / src_rate
+        # a source below 2 x low has nothing in the band: its band distance would measure nothing
+        has_band = src_rate >= 2 * low
+        upsampled += src_rate < rate
+        codes = encode_audio(base, resample(audio, src_rate, codec_rate), args.chunk_seconds or None, device=device)
+        decoded = {}
+        for name, system in systems.items():
+            torch.manual_seed(args.seed)
+            y = decode_codes(system, codes, args.chunk_seconds or None, device=device)
+            decoded[name] = fit(resample(y, system.sampling_rate, rate), len(ref))
+            m = all_metrics(ref, decoded[name], rate, (low, high), optional=use_optional)
+            if not has_band:
+                m["lsd_high_band"] = None
+            rows.append({"file": str(path.relative_to(root)), "system": name, "source_sample_rate": src_rate, **m})
+        if i < args.spectrograms:
+            png = out / "spectrograms" / (str(path.relative_to(root).with_suffix("")).replace("/", "__") + ".png")
+            spectrogram_png(png, str(path.relative_to(root)), {"original": ref, **decoded}, rate, low)
+            pngs.append(str(png.relative_to(out)))
+
+    if upsampled:
+        notes.append(f"{upsampled} file(s) had a rate below {rate} Hz and were upsampled for the reference; "
+                     f"those below {2 * low:.0f} Hz are left out of the band distance (nothing to compare).")
+    if not use_optional:
+        why = "--no_optional" if args.no_optional else "packages pesq/pystoi not installed (uv sync --extra eval)"
+        notes.append(f"PESQ-WB and STOI skipped: {why}.")
+    elif not all(optional.values()):
+        notes.append(f"optional metric packages present: {optional}")
+    notes.append("The stock decode is resampled from its own rate to the comparison rate; both systems decode "
+                 "the same codes with the same noise seed.")
+    metric_keys = [k for k, _, _ in COLUMNS]
+    report = {
+        "settings": {"input_dir": str(root), "checkpoint": args.checkpoint, "base_model": base_spec,
+                     "sample_rate": rate, "band_hz": [low, high], "band_label": f"{low / 1000:g}-{high / 1000:g} kHz",
+                     "files": len(files), "seconds": seconds, "seed": args.seed, "max_seconds": args.max_seconds,
+                     "elapsed_s": time.time() - start},
+        "mean": {name: {k: mean([r[k] for r in rows if r["system"] == name and k in r]) for k in metric_keys}
+                 for name in systems},
+        "counts": {name: sum(r["system"] == name for r in rows) for name in systems},
+        "notes": notes, "spectrograms": pngs, "files": rows,
+    }
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {out / 'report.md'}, {out / 'metrics.json'} and {len(pngs)} spectrogram(s) in {out / 'spectrograms'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""DDP boilerplate in one place; every helper is a no-op in a single process.
+
+Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) :func:`setup_dist` initialises the process
+group (nccl on GPUs, gloo on CPU). Decisions that every rank must take together (timer save,
+stop on a signal, skip a non-finite step) go through :func:`agree_any`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_dist(device_flag: str) -> tuple[DistInfo, torch.device]:
+    """Init the process group if launched by torchrun; return (DistInfo, this rank's device).
+
+    ``device_flag`` is 'cpu' or a GPU index; under torchrun a GPU run uses cuda:LOCAL_RANK.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_flag == "cpu":
+        device = torch.device("cpu")
+    else:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device_flag} asks for a GPU but CUDA is not available; "
+                               "pass --device cpu")
+        index = local_rank if world_size > 1 else int(device_flag)
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible); "
+                               "pass another --device")
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world_size, local_rank), device
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over ranks (in place, returned); identity in a single process."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def agree_any(flags: torch.Tensor) -> list[bool]:
+    """(K,) float tensor of local 0/1 flags -> K bools, each True if True on ANY rank.
+
+    One small all-reduce and one host sync for all of a step's decisions together."""
+    if dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return [v > 0 for v in flags.tolist()]
+
+
+def broadcast_object(obj: Any) -> Any:
+    """rank 0's ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,322 @@
+"""Inference helpers: chunked encoding/decoding with bounded memory, and a codes file format.
+
+Long files are cut into chunks on the model's alignment grid (a multiple of
+``lcm(vq_strides[0], attn_window_size or 1)`` latent frames, so every codebook and every attention
+window starts at the same place as in a whole-file pass). Each chunk is processed together with
+``context`` frames of its neighbours on both sides, and only its own span is kept. The context is
+an upper bound of the receptive field computed from the model config, so the kept samples equal
+those of a whole-file pass up to float rounding, except for the NoiseBlocks: they draw fresh
+Gaussian noise on every call, so chunked and whole decodes differ by the noise term exactly as two
+whole decodes with different seeds do. ``noise_disabled`` switches the noise off to measure the
+seam error alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .layers import NoiseBlock
+from .model import SNAC
+from .model48 import SNAC48
+
+RESIDUAL_RADIUS = 3 * (1 + 3 + 9)  # three k7 residual units, dilations 1, 3, 9: +-39 samples
+CODES_FORMAT = "snac-codes"
+CODES_SUFFIX = ".codes.npz"
+
+
+def codec_config(model: SNAC | SNAC48) -> dict:
+    """The config of the codec whose codes ``model`` decodes (the base config for a SNAC48)."""
+    return model.base_config if isinstance(model, SNAC48) else model.config
+
+
+def alignment_frames(config: dict) -> int:
+    """Latent frames between chunk boundaries that keep every codebook and attention window aligned."""
+    strides = config["vq_strides"]
+    if any(strides[0] % s for s in strides):
+        raise ValueError(f"vq_strides {strides}: chunking needs every stride to divide the first one")
+    return math.lcm(strides[0], config["attn_window_size"] or 1)
+
+
+def decoder_context_frames(model: SNAC | SNAC48) -> int:
+    """Latent frames of context on each side that cover the decoder's receptive field.
+
+    Bound from the architecture: depthwise/plain k7 input conv (3 frames), one attention window
+    (when present), then per decoder block a transposed conv (1 input sample) and three residual
+    units (39 output samples), the k7 output conv, and for a SNAC48 the head (one more upsampler,
+    residual stack and its long final conv). Rounded up to the alignment grid.
+    """
+    cfg = codec_config(model)
+    radius = 3.0 + (cfg["attn_window_size"] or 0)
+    scale = 1  # output samples per latent frame so far
+    for rate in cfg["decoder_rates"]:
+        radius += 1 / scale + RESIDUAL_RADIUS / (scale * rate)
+        scale *= rate
+    if isinstance(model, SNAC48):
+        factor = model.factor
+        kernel = model.head.conv.kernel_size[0]
+        radius += 1 / scale + (RESIDUAL_RADIUS + kernel // 2) / (scale * factor)
+    else:
+        radius += 3 / scale  # final k7 conv
+    align = alignment_frames(cfg)
+    return math.ceil(radius / align) * align
+
+
+def encoder_context_samples(model: SNAC) -> int:
+    """Input samples of context on each side that cover the encoder's receptive field.
+
+    Bound from the architecture: k7 input conv, per encoder block three residual units (39
+    samples) and a strided conv of kernel 2*stride, an attention window, the k7 latent conv.
+    Rounded up to ``pad_multiple``.
+    """
+    cfg = model.config
+    radius = 3.0
+    scale = 1  # input samples per sample at the current layer
+    for rate in cfg["encoder_rates"]:
+        radius += RESIDUAL_RADIUS * scale + 2 * rate * scale
+        scale *= rate
+    radius += ((cfg["attn_window_size"] or 0) + 3) * scale
+    return math.ceil(radius / model.pad_multiple) * model.pad_multiple
+
+
+@contextlib.contextmanager
+def noise_disabled(model: nn.Module) -> Iterator[None]:
+    """Temporarily turn every NoiseBlock into an identity (to compare decodes deterministically)."""
+    blocks = [m for m in model.modules() if isinstance(m, NoiseBlock)]
+    for block in blocks:
+        block.forward = lambda x: x  # instance attribute shadows the class method
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
+
+
+def output_samples_per_frame(model: SNAC | SNAC48) -> int:
+    """Decoded samples per latent frame: hop x (output rate / codec rate)."""
+    if isinstance(model, SNAC48):
+        return model.hop_length * model.factor
+    return model.hop_length
+
+
+def _as_1d(codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    out = []
+    for c in codes:
+        c = torch.as_tensor(c)
+        if c.dim() == 2 and c.shape[0] == 1:
+            c = c[0]
+        if c.dim() != 1:
+            raise ValueError(f"expected codes of one item: 1-D tensors or (1, T_i), got shape {tuple(c.shape)}")
+        out.append(c.long())
+    return out
+
+
+def check_codes(model: SNAC | SNAC48, codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Validate one item's codes against the model (count, value range, lengths); return them 1-D."""
+    cfg = codec_config(model)
+    codes = _as_1d(codes)
+    strides = cfg["vq_strides"]
+    if len(codes) != len(strides):
+        raise ValueError(f"got {len(codes)} codebooks but the model has {len(strides)} (strides {strides}); "
+                         "were these codes made by another model?")
+    spans = {len(c) * s for c, s in zip(codes, strides)}
+    if len(spans) != 1:
+        raise ValueError(f"code lengths {[len(c) for c in codes]} do not cover one time span with strides "
+                         f"{strides}")
+    for c in codes:
+        if len(c) and (int(c.min()) < 0 or int(c.max()) >= cfg["codebook_size"]):
+            raise ValueError(f"code values must lie in [0, {cfg['codebook_size']}); got "
+                             f"[{int(c.min())}, {int(c.max())}]: codes from another model?")
+    return codes
+
+
+def _chunk_spans(total: int, chunk: int, context: int) -> Iterator[tuple[int, int, int, int]]:
+    """(keep_start, keep_end, piece_start, piece_end) over [0, total) with ``context`` each side."""
+    for start in range(0, total, chunk):
+        end = min(start + chunk, total)
+        yield start, end, max(0, start - context), min(total, end + context)
+
+
+def chunk_frames(config: dict, chunk_seconds: float) -> int:
+    """Chunk length in latent frames for ``chunk_seconds`` of audio, on the alignment grid (>= 1 step)."""
+    hop = math.prod(config["encoder_rates"])
+    align = alignment_frames(config)
+    frames = chunk_seconds * config["sampling_rate"] / hop
+    return max(align, int(frames // align) * align)
+
+
+@torch.inference_mode()
+def iter_decode(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: float | None = 30.0,
+                context_frames: int | None = None, device: str | torch.device | None = None
+                ) -> Iterator[np.ndarray]:
+    """Decode one item's codes chunk by chunk; yields float32 arrays at ``model.sampling_rate``.
+
+    The concatenation has ``len(codes[-1]) * vq_strides[-1] * samples_per_frame`` samples, the
+    same as ``model.decode`` (nothing trimmed). ``chunk_seconds=None`` decodes in one piece.
+    Device memory is bounded by one chunk plus its context.
+    """
+    cfg = codec_config(model)
+    codes = check_codes(model, codes)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    strides = cfg["vq_strides"]
+    total = len(codes[0]) * strides[0]  # latent frames
+    if total == 0:
+        return
+    chunk = total if chunk_seconds is None else chunk_frames(cfg, chunk_seconds)
+    context = decoder_context_frames(model) if context_frames is None else context_frames
+    if context % alignment_frames(cfg):
+        raise ValueError(f"context_frames must be a multiple of {alignment_frames(cfg)} (alignment grid)")
+    spf = output_samples_per_frame(model)
+    for keep_start, keep_end, start, end in _chunk_spans(total, chunk, context):
+        piece = [c[start // s:end // s].unsqueeze(0).to(device) for c, s in zip(codes, strides)]
+        audio = model.decode(piece)[0, 0]  # (1, 1, (end - start) * spf) -> (samples,)
+        yield audio[(keep_start - start) * spf:(keep_end - start) * spf].float().cpu().numpy()
+
+
+def decode_codes(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: float | None = 30.0,
+                 context_frames: int | None = None, device: str | torch.device | None = None) -> np.ndarray:
+    """Chunked decode of one item's codes into one float32 array (see ``iter_decode``)."""
+    parts = list(iter_decode(model, codes, chunk_seconds, context_frames, device))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+@torch.inference_mode()
+def encode_audio(model: SNAC, audio: torch.Tensor | np.ndarray, chunk_seconds: float | None = 30.0,
+                 context_samples: int | None = None, device: str | torch.device | None = None
+                 ) -> list[torch.Tensor]:
+    """Encode one mono signal at ``model.sampling_rate`` in overlapping chunks; returns 1-D int64 codes.
+
+    Chunks and contexts are multiples of ``pad_multiple``; the signal is right-padded once, like
+    ``model.encode``, so the codes equal a whole-file encode except at float near-ties.
+    """
+    if not isinstance(model, SNAC):
+        raise TypeError(f"encoding needs a SNAC with an encoder, got {type(model).__name__}")
+    audio = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    mult = model.pad_multiple
+    padded = nn.functional.pad(audio, (0, -len(audio) % mult))
+    if len(padded) == 0:
+        raise ValueError("cannot encode an empty signal")
+    total = len(padded)
+    chunk = total if chunk_seconds is None else max(mult, int(chunk_seconds * model.sampling_rate) // mult * mult)
+    context = encoder_context_samples(model) if context_samples is None else context_samples
+    if context % mult:
+        raise ValueError(f"context_samples must be a multiple of pad_multiple={mult}")
+    frame_samples = [model.hop_length * s for s in model.vq_strides]  # input samples per code
+    out: list[list[torch.Tensor]] = [[] for _ in model.vq_strides]
+    for keep_start, keep_end, start, end in _chunk_spans(total, chunk, context):
+        piece = padded[start:end].reshape(1, 1, -1).to(device)
+        codes = model.encode(piece)  # list of (1, (end - start) / frame_samples_i)
+        for i, (c, n) in enumerate(zip(codes, frame_samples)):
+            out[i].append(c[0, (keep_start - start) // n:(keep_end - start) // n].cpu())
+    return [torch.cat(parts) for parts in out]
+
+
+# ---- codes files --------------------------------------------------------------------------------
+
+def save_codes(path: str | os.PathLike, codes: list[torch.Tensor], meta: dict) -> None:
+    """Write one item's codes to ``.npz``: ``codes_0`` (coarsest) ... plus ``meta`` as JSON text.
+
+    ``meta`` should hold ``model_config`` (the codec config) and the source audio's
+    ``source_sample_rate`` and ``source_num_samples`` so a decode can be trimmed to its duration.
+    Plain arrays only: numpy opens it with ``allow_pickle=False``.
+    """
+    codes = _as_1d(codes)
+    size = meta.get("model_config", {}).get("codebook_size", 1 << 31)
+    dtype = np.int16 if size <= np.iinfo(np.int16).max + 1 else np.int32
+    arrays = {f"codes_{i}": c.numpy().astype(dtype) for i, c in enumerate(codes)}
+    meta = dict(meta, format=CODES_FORMAT, version=1, num_codebooks=len(codes))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+
+
+def load_codes(path: str | os.PathLike) -> tuple[list[torch.Tensor], dict]:
+    """Read a file written by ``save_codes``: (list of 1-D int64 codes, meta dict)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != CODES_FORMAT:
+                raise KeyError("format")
+            codes = [torch.from_numpy(data[f"codes_{i}"].astype(np.int64))
+                     for i in range(meta["num_codebooks"])]
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a codes file written by inference.py --save_codes ({e})") from e
+    return codes, meta
+
+
+def normalise_codec_config(config: dict) -> dict:
+    """A codec config with ``latent_dim`` filled in and lists as lists, for comparisons."""
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    if cfg.get("latent_dim") is None:
+        cfg["latent_dim"] = cfg["encoder_dim"] * 2 ** len(cfg["encoder_rates"])
+    return cfg
+
+
+def same_codec(a: dict, b: dict) -> bool:
+    """True when two codec configs describe the same codec (so their codes are interchangeable)."""
+    return normalise_codec_config(a) == normalise_codec_config(b)
+
+
+def config_difference(a: dict, b: dict) -> str:
+    """'key: a vs b, ...' for the keys where two codec configs differ."""
+    a, b = normalise_codec_config(a), normalise_codec_config(b)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in keys)
+
+
+def recorded_base_model(checkpoint: str | os.PathLike) -> str | None:
+    """The ``pretrained_model`` recorded in a training checkpoint's config, when it is usable here
+    (an existing path or a hub id); None otherwise."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        spec = (ckpt.get("config") or {}).get("pretrained_model")
+    except Exception:
+        return None
+    if not spec:
+        return None
+    spec = str(spec)
+    if Path(spec).exists() or (spec.count("/") == 1 and not spec.startswith((".", "/"))):
+        return spec
+    return None
+
+
+def load_codec_pair(checkpoint: str | os.PathLike, base_model: str | None, need_encoder: bool,
+                    need_stock: bool, default_base: str = "hubertsiuzdak/snac_24khz"
+                    ) -> tuple[SNAC | SNAC48, SNAC | None, str | None]:
+    """Load a checkpoint's decoder and, when needed, its base SNAC.
+
+    The base is loaded when ``need_stock`` (the stock decoder is wanted) or when ``need_encoder``
+    and the model has no encoder of its own (a SNAC48). Returns (model, base or None, base spec).
+    The base defaults to the checkpoint's recorded
+    ``pretrained_model``, else ``default_base``; a base whose codec config differs from the
+    model's is refused (ValueError naming the differing keys). Both in eval mode, on CPU.
+    """
+    from .hub import load_model
+
+    model = load_model(checkpoint).eval()
+    if not (need_stock or (need_encoder and isinstance(model, SNAC48))):
+        return model, None, None
+    spec = base_model or recorded_base_model(checkpoint) or default_base
+    base = load_model(spec).eval()
+    if not isinstance(base, SNAC):
+        raise ValueError(f"base model {spec} is a 48 kHz model; pass the 24 kHz base it was trained from "
+                         f"(e.g. {default_base})")
+    if not same_codec(base.config, codec_config(model)):
+        raise ValueError(f"base model {spec} is not the codec this checkpoint decodes "
+                         f"({config_difference(base.config, codec_config(model))}); pass the run's "
+                         "--pretrained_model as --base_model")
+    return model, base, spec

@@ -1,0 +1,66 @@
+"""Reconstruction losses masked to the real audio of each item.
+
+Every loss is a mean over items of a per-item value, so an item weighs the same whatever its
+valid length, and the value is the same however items are split into batches or across ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-5  # magnitude floor: log(|S| + EPS) stays finite on silence
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T) x3 -> (B,) mean |pred - target| over the masked-in samples of each item."""
+    num = ((pred - target).abs() * mask).flatten(1).sum(1)
+    return num / mask.flatten(1).sum(1).clamp_min(1.0)
+
+
+def _magnitude(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """(B, T) -> (B, n_fft/2 + 1, frames) STFT magnitude, hop n_fft/4, Hann window, centred."""
+    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    # constant (zero) padding: reflect padding needs T > n_fft/2, short windows would fail
+    spec = torch.stft(x, n_fft, hop_length=n_fft // 4, window=window, center=True,
+                      pad_mode="constant", return_complex=True)
+    return spec.abs()
+
+
+def stft_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+              n_ffts: list[int]) -> torch.Tensor:
+    """(B, 1, T) x3 -> (B,) multi-scale STFT loss, averaged over FFT sizes.
+
+    Per size: spectral convergence ||S_t - S_p||_F / ||S_t||_F plus mean |log S_t - log S_p|.
+    The padded tail is zeroed in both signals and frames centred in it are left out of the log
+    term, so padding costs nothing and earns nothing.
+    """
+    pred = (pred * mask).flatten(1).float()
+    target = (target * mask).flatten(1).float()
+    valid = mask.flatten(1).sum(1)  # (B,) real samples per item
+    total = pred.new_zeros(pred.shape[0])
+    for n_fft in n_ffts:
+        s_p, s_t = _magnitude(pred, n_fft), _magnitude(target, n_fft)
+        sc = (s_t - s_p).flatten(1).norm(dim=1) / s_t.flatten(1).norm(dim=1).clamp_min(EPS)
+        frames = s_t.shape[-1]
+        centres = torch.arange(frames, device=pred.device) * (n_fft // 4)  # frame f is centred at f*hop
+        frame_mask = (centres[None, :] < valid[:, None]).float()  # (B, frames)
+        frame_mask[:, 0] = 1.0  # at least one frame per item
+        log_diff = (torch.log(s_t + EPS) - torch.log(s_p + EPS)).abs().mean(1)  # (B, frames)
+        log_mag = (log_diff * frame_mask).sum(1) / frame_mask.sum(1)
+        total = total + sc + log_mag
+    return total / len(n_ffts)
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                        n_ffts: list[int], l1_weight: float, stft_weight: float,
+                        reduce: bool = True) -> dict[str, torch.Tensor]:
+    """{'loss/total', 'loss/l1', 'loss/stft'}: batch means (or (B,) per item with reduce=False)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ: "
+                         "the window geometry does not match the model")
+    pred = pred.float()
+    l1 = masked_l1(pred, target, mask)
+    stft = stft_loss(pred, target, mask, n_ffts) if stft_weight > 0 else torch.zeros_like(l1)
+    out = {"loss/total": l1_weight * l1 + stft_weight * stft, "loss/l1": l1, "loss/stft": stft}
+    return {k: v.mean() for k, v in out.items()} if reduce else out

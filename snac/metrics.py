@@ -1,0 +1,165 @@
+"""Objective metrics of decoded audio against a reference (evaluation, not training losses).
+
+All functions take mono float arrays (numpy or torch, shape (T,)) of equal length at one sample
+rate and return a Python float. Lower is better except for SI-SDR, PESQ and STOI.
+
+- ``mel_distance``: mean |log10 mel(ref) - log10 mel(est)| over several resolutions.
+- ``stft_distance``: multi-resolution STFT distance, spectral convergence + mean |log magnitude|
+  difference, averaged over FFT sizes.
+- ``si_sdr``: scale-invariant signal-to-distortion ratio in dB.
+- ``band_lsd``: log-spectral distance (dB, RMS over bins, mean over frames) restricted to a band,
+  by default the 12-24 kHz band that a 48 kHz decoder adds over a 24 kHz one.
+- ``pesq_wb`` / ``stoi``: at 16 kHz through the optional packages ``pesq`` and ``pystoi``
+  (``uv sync --extra eval``); None when the package is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+EPS = 1e-5
+MEL_RESOLUTIONS = ((2048, 512, 128), (512, 128, 80))  # (n_fft, hop, n_mels)
+STFT_SIZES = (512, 1024, 2048, 4096)
+
+
+def _tensor(x) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x).float()
+    if x.dim() != 1:
+        raise ValueError(f"metrics take mono signals of shape (T,), got {tuple(x.shape)}")
+    return x
+
+
+def _pair(ref, est) -> tuple[torch.Tensor, torch.Tensor]:
+    ref, est = _tensor(ref), _tensor(est)
+    if ref.shape != est.shape:
+        raise ValueError(f"reference and estimate lengths differ ({len(ref)} vs {len(est)}); trim them first")
+    return ref, est
+
+
+def _magnitude(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    window = torch.hann_window(n_fft)
+    return torch.stft(x, n_fft, hop, window=window, return_complex=True).abs()  # (n_fft/2+1, frames)
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_fbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+    return AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate,
+                              norm="slaney", mel_scale="slaney")  # (freqs, n_mels)
+
+
+def mel_distance(ref, est, sample_rate: int) -> float:
+    """Mean absolute difference of log10 mel spectrograms, averaged over ``MEL_RESOLUTIONS``."""
+    ref, est = _pair(ref, est)
+    total = 0.0
+    for n_fft, hop, n_mels in MEL_RESOLUTIONS:
+        fb = _mel_fbank(n_fft, n_mels, sample_rate)
+        mr = (_magnitude(ref, n_fft, hop).T @ fb).clamp_min(EPS).log10()  # (frames, n_mels)
+        me = (_magnitude(est, n_fft, hop).T @ fb).clamp_min(EPS).log10()
+        total += (mr - me).abs().mean().item()
+    return total / len(MEL_RESOLUTIONS)
+
+
+def stft_distance(ref, est, sizes: tuple[int, ...] = STFT_SIZES) -> float:
+    """Spectral convergence + mean |log10 magnitude difference|, averaged over FFT sizes (hop n/4)."""
+    ref, est = _pair(ref, est)
+    total = 0.0
+    for n_fft in sizes:
+        mr, me = _magnitude(ref, n_fft, n_fft // 4), _magnitude(est, n_fft, n_fft // 4)
+        sc = torch.linalg.norm(mr - me) / torch.linalg.norm(mr).clamp_min(EPS)
+        log = (mr.clamp_min(EPS).log10() - me.clamp_min(EPS).log10()).abs().mean()
+        total += (sc + log).item()
+    return total / len(sizes)
+
+
+def si_sdr(ref, est) -> float:
+    """Scale-invariant SDR in dB (both signals made zero-mean)."""
+    ref, est = _pair(ref, est)
+    ref, est = ref.double() - ref.double().mean(), est.double() - est.double().mean()
+    energy = ref.pow(2).sum()
+    if energy <= 0:
+        return float("nan")
+    target = (est @ ref) / energy * ref
+    noise = est - target
+    return (10 * torch.log10(target.pow(2).sum().clamp_min(1e-20) / noise.pow(2).sum().clamp_min(1e-20))).item()
+
+
+def band_lsd(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float | None = 24000.0,
+             n_fft: int = 2048) -> float:
+    """Log-spectral distance (dB) over the bins in [low_hz, high_hz]: per frame the RMS over bins of
+    10*log10(P_ref / P_est), then the mean over frames. Frames where the reference band is silent
+    (below -100 dB of the loudest frame) are skipped: there is nothing there to reproduce."""
+    ref, est = _pair(ref, est)
+    high_hz = sample_rate / 2 if high_hz is None else min(high_hz, sample_rate / 2)
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    band = (freqs >= low_hz) & (freqs <= high_hz)
+    if not band.any():
+        raise ValueError(f"no FFT bin in [{low_hz}, {high_hz}] Hz at {sample_rate} Hz")
+    pr = _magnitude(ref, n_fft, n_fft // 4)[band].pow(2).double()  # (bins, frames)
+    pe = _magnitude(est, n_fft, n_fft // 4)[band].pow(2).double()
+    floor = 1e-10
+    frame_energy = pr.mean(0)
+    keep = frame_energy > frame_energy.max() * 1e-10
+    if not keep.any():
+        return float("nan")
+    diff = 10 * (pr[:, keep] + floor).log10() - 10 * (pe[:, keep] + floor).log10()
+    return diff.pow(2).mean(0).sqrt().mean().item()
+
+
+def _at_16k(x: torch.Tensor, sample_rate: int) -> np.ndarray:
+    return AF.resample(x, sample_rate, 16000).numpy().astype(np.float64) if sample_rate != 16000 \
+        else x.numpy().astype(np.float64)
+
+
+def pesq_wb(ref, est, sample_rate: int) -> float | None:
+    """Wide-band PESQ (MOS-LQO, 1-4.6) at 16 kHz; None when ``pesq`` is not installed or it fails
+    (e.g. no speech detected in a synthetic signal)."""
+    try:
+        from pesq import pesq
+    except ImportError:
+        return None
+    ref, est = _pair(ref, est)
+    try:
+        return float(pesq(16000, _at_16k(ref, sample_rate), _at_16k(est, sample_rate), "wb"))
+    except Exception:
+        return None
+
+
+def stoi(ref, est, sample_rate: int) -> float | None:
+    """STOI (0-1) at 16 kHz; None when ``pystoi`` is not installed."""
+    try:
+        from pystoi import stoi as _stoi
+    except ImportError:
+        return None
+    ref, est = _pair(ref, est)
+    value = _stoi(_at_16k(ref, sample_rate), _at_16k(est, sample_rate), 16000, extended=False)
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def optional_metrics_available() -> dict[str, bool]:
+    """Which optional metric packages are importable."""
+    out = {}
+    for name in ("pesq", "pystoi"):
+        try:
+            __import__(name)
+            out[name] = True
+        except ImportError:
+            out[name] = False
+    return out
+
+
+def all_metrics(ref, est, sample_rate: int, band_hz: tuple[float, float] = (12000.0, 24000.0),
+                optional: bool = True) -> dict[str, float | None]:
+    """Every metric of this module as a dict (``pesq_wb``/``stoi`` None when unavailable)."""
+    out = {"mel_distance": mel_distance(ref, est, sample_rate),
+           "stft_distance": stft_distance(ref, est),
+           "si_sdr": si_sdr(ref, est),
+           "lsd_high_band": band_lsd(ref, est, sample_rate, *band_hz)}
+    if optional:
+        out["pesq_wb"] = pesq_wb(ref, est, sample_rate)
+        out["stoi"] = stoi(ref, est, sample_rate)
+    return out

@@ -1,0 +1,251 @@
+"""cache_codes_multigpu.py on CPU with a tiny model: exact codes, bad files, crash + resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from helpers_cache import REPO, TINY_CONFIG, load_script, save_tiny_model, write_audio
+from snac import SNAC
+from snac.cache import (BatchEncoder, LengthBuckets, LoadedItem, encode_single, list_shards, load_item,
+                        padded_length)
+
+cli = load_script("cache_codes_multigpu.py")
+TARGET = 48000
+
+
+def shard_table(cache: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(s) for s in list_shards(cache))
+
+
+def run_cli(*args: str) -> int:
+    return cli.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """A tiny model, a folder of good and bad files, and one 2-worker cache of it."""
+    root = tmp_path_factory.mktemp("zoo")
+    model_dir = save_tiny_model(root / "model")
+    audio = root / "audio"
+    good = {
+        # three lengths that pad to the same 20480 samples at 24 kHz: batched together
+        "same/a.wav": (20000 / 24000, 24000, 1), "same/b.wav": (20100 / 24000, 24000, 1),
+        "same/c.wav": (20470 / 24000, 24000, 1),
+        "stereo48k.flac": (1.3, 48000, 2), "narrow8k.wav": (1.1, 8000, 1), "wide96k.wav": (0.7, 96000, 1),
+        "odd44k.ogg": (0.9, 44100, 1), "sub/deep/long.wav": (25.0, 24000, 1),
+        "short.wav": (0.001, 48000, 1), "one_sample.wav": (1 / 16000, 16000, 1),
+    }
+    for i, (rel, (sec, sr, ch)) in enumerate(good.items()):
+        write_audio(audio / rel, sec, sr, ch, seed=i)
+    write_audio(audio / "silent.wav", 1.0, 48000, silent=True)
+    good["silent.wav"] = (1.0, 48000, 1)
+    bad = {"corrupt.wav": b"RIFF\x10\x00\x00\x00WAVEfmt garbage", "empty.flac": b"",
+           "text.mp3": b"this is not audio\n" * 10}
+    for rel, data in bad.items():
+        (audio / rel).write_bytes(data)
+    nan = np.full((1000, 1), np.nan, dtype=np.float32)
+    import soundfile as sf
+    sf.write(audio / "nan.wav", nan, 24000, subtype="FLOAT")
+    write_audio(audio / "too_long.wav", 70.0, 8000)
+    (audio / "notes.txt").write_text("not an audio extension: ignored\n")
+    cache = root / "cache"
+    rc = run_cli("--input_dir", audio, "--output_dir", cache, "--pretrained_model", model_dir,
+                 "--devices", "cpu", "--workers_per_device", 2, "--shard_rows", 3,
+                 "--batch_seconds", 30, "--max_seconds", 60)
+    return dict(root=root, model_dir=model_dir, audio=audio, cache=cache, rc=rc, good=good,
+                bad=set(bad) | {"nan.wav", "too_long.wav"})
+
+
+def test_run_succeeds_and_manifest_records_everything(zoo):
+    assert zoo["rc"] == 0
+    m = json.loads((zoo["cache"] / "manifest.json").read_text())
+    model = SNAC.from_pretrained(zoo["model_dir"])
+    assert m["model_config"] == model.config
+    assert m["hop_length"] == model.hop_length and m["vq_strides"] == model.vq_strides
+    assert m["model_sample_rate"] == 24000 and m["target_sample_rate"] == TARGET
+    assert m["input_root"] == str(zoo["audio"]) and m["embed_audio"] is False
+    assert m["rows"] == len(zoo["good"]) and m["complete"] and m["missing"] == 0 and m["duplicates"] == 0
+    assert sum(s["rows"] for s in m["shards"]) == m["rows"] == shard_table(zoo["cache"]).num_rows
+    expected_hours = sum(sec for sec, _, _ in zoo["good"].values()) / 3600
+    assert math.isclose(m["hours"], expected_hours, rel_tol=1e-3)
+    # files whose native rate is below the 48 kHz target are counted as upsampled
+    assert m["upsampled"] == sum(sr < TARGET for _, sr, _ in zoo["good"].values())
+    assert {"format_version", "created", "shards", "rejected"} <= set(m)
+
+
+def test_bad_files_are_rejected_with_reasons_and_the_rest_cached(zoo):
+    m = json.loads((zoo["cache"] / "manifest.json").read_text())
+    rejected = {r["path"]: r["reason"] for r in m["rejected"]}
+    assert set(rejected) == zoo["bad"]
+    assert "NaN" in rejected["nan.wav"] and "--max_seconds" in rejected["too_long.wav"]
+    assert all(reason and "\n" not in reason for reason in rejected.values())
+    t = shard_table(zoo["cache"])
+    assert sorted(t["path"].to_pylist()) == sorted(zoo["good"])
+    assert len(set(t["id"].to_pylist())) == t.num_rows
+
+
+def test_lengths_per_scale_and_target_samples(zoo):
+    t = shard_table(zoo["cache"]).to_pylist()
+    strides = TINY_CONFIG["vq_strides"]
+    pad = SNAC(**TINY_CONFIG).pad_multiple
+    for row in t:
+        sec, sr, ch = zoo["good"][row["path"]]
+        frames = max(1, int(round(sec * sr)))
+        assert row["sample_rate"] == sr and row["channels"] == ch
+        assert row["num_samples"] == math.ceil(frames * TARGET / sr)
+        spans = {len(row[f"codes_{j}"]) * s for j, s in enumerate(strides)}
+        assert len(spans) == 1  # len_i x stride_i equal across scales
+        model_len = math.ceil(frames * 24000 / sr)
+        assert row["num_coarse"] == len(row["codes_0"]) == padded_length(model_len, pad) // pad
+
+
+def test_codes_equal_single_file_encoding(zoo):
+    model = SNAC.from_pretrained(zoo["model_dir"])
+    for row in shard_table(zoo["cache"]).to_pylist():
+        item = load_item(str(zoo["audio"]), row["path"], row["id"], 24000, TARGET)
+        reference = encode_single(model, item.audio)
+        for j, ref in enumerate(reference):
+            assert torch.equal(torch.tensor(row[f"codes_{j}"], dtype=torch.int64), torch.from_numpy(ref)), \
+                (row["path"], j)
+
+
+def test_shards_use_plain_arrow_types(zoo):
+    schema = pq.read_schema(list_shards(zoo["cache"])[0])
+    plain = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_binary)
+    for field in schema:
+        t = field.type.value_type if pa.types.is_list(field.type) else field.type
+        assert any(ok(t) for ok in plain), field
+    assert pa.types.is_list(schema.field("codes_0").type)
+
+
+def test_equal_padded_lengths_are_batched_together(tmp_path):
+    model = SNAC(**TINY_CONFIG).eval()
+    pad = model.pad_multiple
+    items = [LoadedItem(f"f{n}", f"f{n}", torch.randn(n) * 0.1, n / 24000, 2 * n, 24000, 1, None)
+             for n in (20000, 3000, 20100, 20470, 5000, 9000)]
+    buckets = LengthBuckets(pad, batch_samples=3 * 20480, max_pending_samples=10 ** 9)
+    batches = [b for it in items for b in buckets.add(it)] + buckets.flush()
+    assert sorted(len(b) for b in batches) == [1, 1, 1, 3]
+    for b in batches:
+        assert len({padded_length(it.audio.shape[-1], pad) for it in b}) == 1
+    encoded = BatchEncoder(model, "cpu", pad, TINY_CONFIG["codebook_size"])
+    for b in batches:
+        for it, codes in zip(b, encoded.encode(b)):
+            for c, ref in zip(codes, encode_single(model, it.audio)):
+                assert torch.equal(torch.from_numpy(c.astype(np.int64)), torch.from_numpy(ref))
+
+
+def test_pending_audio_is_bounded():
+    pad = 2048
+    buckets = LengthBuckets(pad, batch_samples=10 * pad, max_pending_samples=20 * pad)
+    emitted = 0
+    for k in range(1, 60):  # all different padded lengths: no bucket ever fills
+        item = LoadedItem("p", "p", torch.zeros((k % 15 + 1) * pad), 0.0, 0, 24000, 1, None)
+        emitted += sum(len(b) for b in buckets.add(item))
+        assert buckets.pending <= 20 * pad
+    assert emitted + sum(len(b) for b in buckets.flush()) == 59
+
+
+def test_out_of_memory_batch_is_retried_smaller():
+    model = SNAC(**TINY_CONFIG).eval()
+    calls = []
+
+    class FlakyModel:  # raises the CUDA OOM error for any batch larger than 2
+        def encode(self, x):
+            calls.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return model.encode(x)
+
+    items = [LoadedItem(f"f{i}", f"f{i}", torch.randn(8000) * 0.1, 1 / 3, 16000, 24000, 1, None)
+             for i in range(5)]
+    enc = BatchEncoder(FlakyModel(), "cpu", model.pad_multiple, TINY_CONFIG["codebook_size"])
+    out = enc.encode(items)
+    assert enc.oom_retries >= 1 and max(calls) == 5 and calls.count(5) == 1
+    for it, codes in zip(items, out):
+        for c, ref in zip(codes, encode_single(model, it.audio)):
+            assert np.array_equal(c.astype(np.int64), ref)
+
+
+def _assert_complete(cache: Path, expected_paths: set[str]) -> None:
+    paths = shard_table(cache)["path"].to_pylist()
+    assert len(paths) == len(set(paths)), "duplicate rows"
+    assert set(paths) == expected_paths, "missing rows"
+    m = json.loads((cache / "manifest.json").read_text())
+    assert m["complete"] and m["rows"] == len(expected_paths) and m["duplicates"] == 0 and m["missing"] == 0
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    model_dir = save_tiny_model(root / "model")
+    files = set()
+    for i in range(14):
+        rel = f"spk{i % 3}/utt{i:02d}.wav"
+        write_audio(root / "audio" / rel, 0.2 + 0.05 * i, [16000, 24000, 48000][i % 3], seed=i)
+        files.add(rel)
+    return dict(root=root, model_dir=model_dir, audio=root / "audio", files=files)
+
+
+def test_resume_after_a_worker_dies_mid_run(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    common = ["--input_dir", corpus["audio"], "--output_dir", cache, "--pretrained_model", corpus["model_dir"],
+              "--devices", "cpu", "--workers_per_device", 2, "--shard_rows", 2, "--batch_seconds", 1]
+    # worker 0 exits hard right after its first shard: non-zero status, its shard is kept
+    assert run_cli(*common, "--_crash_after_shards", 1) != 0
+    m = json.loads((cache / "manifest.json").read_text())
+    assert not m["complete"] and m["failed_workers"] == [0] and 0 < m["rows"] < len(corpus["files"])
+    kept = set(shard_table(cache)["path"].to_pylist())
+    assert run_cli(*common) == 0
+    _assert_complete(cache, corpus["files"])
+    assert kept <= set(shard_table(cache)["path"].to_pylist())
+    # a third run has nothing to do and changes nothing
+    shards = [p.name for p in list_shards(cache)]
+    assert run_cli(*common, "--workers_per_device", 1) == 0
+    assert [p.name for p in list_shards(cache)] == shards
+
+
+def test_resume_after_the_whole_run_is_killed(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, str(REPO / "cache_codes_multigpu.py"), "--input_dir", str(corpus["audio"]),
+           "--output_dir", str(cache), "--pretrained_model", str(corpus["model_dir"]), "--devices", "cpu",
+           "--shard_rows", "1", "--batch_seconds", "0.1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list_shards(cache) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher; its worker dies with it (PR_SET_PDEATHSIG)
+    proc.wait()
+    time.sleep(0.5)
+    assert run_cli(*cmd[2:]) == 0
+    _assert_complete(cache, corpus["files"])
+
+
+def test_limit_then_finish_and_overwrite(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    common = ["--input_dir", corpus["audio"], "--output_dir", cache, "--pretrained_model", corpus["model_dir"],
+              "--devices", "cpu", "--shard_rows", 4]
+    assert run_cli(*common, "--limit", 5) == 0
+    first = sorted(corpus["files"])[:5]
+    assert sorted(shard_table(cache)["path"].to_pylist()) == first
+    # another target rate into the same folder is refused without --overwrite
+    assert run_cli(*common, "--target_sample_rate", 44100) == 2
+    assert run_cli(*common) == 0
+    _assert_complete(cache, corpus["files"])
+    (cache / "keep_me.txt").write_text("not ours")
+    assert run_cli(*common, "--overwrite", "--limit", 3) == 0
+    assert sorted(shard_table(cache)["path"].to_pylist()) == first[:3]
+    assert (cache / "keep_me.txt").exists()
