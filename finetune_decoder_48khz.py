@@ -598,6 +598,8 @@ def _train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: to
         else:  # another world size: ranks cannot take over each other's streams; reseed by position
             torch.manual_seed(cfg.seed + 7919 * iteration + dist_info.rank)
             np.random.seed((cfg.seed + iteration + dist_info.rank) % 2**32)
+        log.metrics({"type": "resume", "iteration": iteration, "epoch": sampler.epoch + 1, "phase": phase,
+                     "checkpoint": str(plan.resume_path), "time": time.time()})  # rows after it supersede
         changed = {k for k, v in resume["config"].items()
                    if k in TRAJECTORY_KEYS and cfg.to_dict().get(k) != v}
         log.line(f"resumed from {plan.resume_path} at iteration {iteration} (epoch {sampler.epoch + 1}, "

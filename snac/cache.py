@@ -16,9 +16,11 @@ codebook j (coarse first; len(codes_j) * vq_strides[j] is equal across j), and w
 ``audio`` binary (FLAC of the target-rate mono audio).
 
 Parquet is the storage and exchange format. Reading it per row is slow (~30 rows/s), so
-``build_index`` writes a flat copy: per codebook one raw array of all tokens, plus numpy arrays
-of per-row starts and lengths, rows ordered by path. ``CodeCache`` memory-maps it: opening is
-O(1), nothing is a Python list of rows, and forked DataLoader workers share the pages.
+``build_index`` writes a flat copy: one raw file of all tokens with each row's codebooks
+contiguous, plus numpy arrays of per-row starts and lengths, rows ordered by path.
+``CodeCache`` memory-maps the small per-row arrays and reads a row's tokens with one
+``os.pread``: opening is O(1), nothing is a Python list of rows, forked DataLoader workers share
+everything, and random reads do not map gigabytes of page cache into each process.
 
 The caching run itself (``run_caching``) is here too; ``cache_codes_multigpu.py`` only parses flags.
 """
@@ -59,8 +61,10 @@ META_DIR = "_meta"
 SHARD_PREFIX = "shard-w"
 SHARD_SUFFIX = ".parquet"
 INDEX_PREFIX = "index-"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 LOCK_NAME = ".lock"
+# A row up to this size is read whole with one pread and sliced; longer rows per codebook.
+_WHOLE_ROW_BYTES = 1 << 16
 # A worker writes its buffer as a shard once it holds this much wall time of work, so a crash
 # loses at most this much (the rows are redone on resume) even when --shard_rows is large.
 SHARD_MAX_SECONDS = 600.0
@@ -570,11 +574,11 @@ def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
     renamed (atomic: concurrent builders are safe; the loser drops its copy). Rows are ordered by
     path, so row i is the same file whatever the worker count of the run that made the cache.
 
-    Files: ``codes_<j>.bin`` raw tokens of codebook j in shard order; ``coarse_start.npy`` and
-    ``num_coarse.npy`` (int64, per row) locate row i in codebook j at
-    [coarse_start*r_j, (coarse_start+num_coarse)*r_j) with r_j = vq_strides[0] / vq_strides[j];
-    ``num_samples.npy``, ``duration.npy``, ``sample_rate.npy``; ``ids``/``paths`` as utf-8 blobs
-    with offsets; with embedded audio ``audio.bin`` + ``audio_start.npy``/``audio_size.npy``.
+    Files: ``codes.bin`` raw tokens (shard order), each row as [codebook 0 | codebook 1 | ...]
+    with num_coarse * r_j tokens of codebook j (r_j = vq_strides[0] / vq_strides[j]);
+    ``row_start.npy`` (int64 token offset of each row) and ``num_coarse.npy``; ``num_samples.npy``,
+    ``duration.npy``, ``sample_rate.npy``; ``ids``/``paths`` as utf-8 blobs with offsets; with
+    embedded audio ``audio.bin`` + ``audio_start.npy``/``audio_size.npy``.
     """
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir)
@@ -605,9 +609,10 @@ def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
                 raise ValueError(f"{cache_dir}: {dup} is cached more than once; delete the later shard "
                                  "holding it (or re-make the cache with --overwrite)")
         num_coarse_old = meta["num_coarse"].to_numpy().astype(np.int64)
-        coarse_start_old = np.zeros(n, dtype=np.int64)
-        np.cumsum(num_coarse_old[:-1], out=coarse_start_old[1:])
-        np.save(tmp / "coarse_start.npy", coarse_start_old[order])
+        tokens_per_coarse = sum(ratios)  # a row holds num_coarse * sum(r_j) tokens
+        row_start_old = np.zeros(n, dtype=np.int64)
+        np.cumsum(num_coarse_old[:-1] * tokens_per_coarse, out=row_start_old[1:])
+        np.save(tmp / "row_start.npy", row_start_old[order])
         np.save(tmp / "num_coarse.npy", num_coarse_old[order])
         np.save(tmp / "num_samples.npy", meta["num_samples"].to_numpy().astype(np.int64)[order])
         np.save(tmp / "duration.npy", meta["duration"].to_numpy().astype(np.float64)[order])
@@ -617,7 +622,7 @@ def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
         del meta, sorted_paths
 
         # ---- pass 2: tokens (and audio) appended shard by shard, in shard order ----
-        code_files = [open(tmp / f"codes_{j}.bin", "wb") for j in range(len(strides))]
+        code_files = [open(tmp / "codes.bin", "wb")]
         audio_file = open(tmp / "audio.bin", "wb") if embed else None
         audio_start_old = np.zeros(n, dtype=np.int64) if embed else None
         audio_size_old = np.zeros(n, dtype=np.int64) if embed else None
@@ -627,15 +632,23 @@ def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
                 cols = [codes_column(j) for j in range(len(strides))] + (["audio"] if embed else [])
                 t = pq.read_table(shard, columns=cols).combine_chunks()
                 rows = t.num_rows
-                expected_coarse = num_coarse_old[row:row + rows]
+                coarse = num_coarse_old[row:row + rows]
+                local_start = row_start_old[row:row + rows] - row_start_old[row]
+                block = np.empty(int(coarse.sum()) * tokens_per_coarse, dtype=dtype)
+                before = 0  # tokens of the earlier codebooks in each row, per coarse token
                 for j, r in enumerate(ratios):
                     arr = t[codes_column(j)].chunk(0)  # one chunk after combine_chunks
-                    offs = arr.offsets.to_numpy()
-                    if not np.array_equal(np.diff(offs), expected_coarse * r):
+                    offs = arr.offsets.to_numpy().astype(np.int64)
+                    lengths = np.diff(offs)
+                    if not np.array_equal(lengths, coarse * r):
                         raise ValueError(f"{shard.name}: codes_{j} lengths are not num_coarse x {r}; "
                                          "the shard is damaged: delete it and resume the caching")
                     values = arr.values.to_numpy(zero_copy_only=False)[offs[0]:offs[-1]]
-                    code_files[j].write(np.ascontiguousarray(values, dtype=dtype).tobytes())
+                    # scatter row k's list to block[local_start[k] + coarse[k]*before :][:lengths[k]]
+                    dest = local_start + coarse * before - (offs[:-1] - offs[0])
+                    block[np.repeat(dest, lengths) + np.arange(len(values))] = values
+                    before += r
+                code_files[0].write(block.tobytes())
                 if embed:
                     blobs = t["audio"].chunk(0)
                     offs = np.frombuffer(blobs.buffers()[1], dtype=np.int32)[
@@ -732,7 +745,29 @@ class CodeCache:
         self.embed_audio: bool = bool(m["embed_audio"])
         self.input_root = Path(audio_root if audio_root is not None else m["input_root"])
         self._ratios = [self.vq_strides[0] // s for s in self.vq_strides]
+        self._before = [sum(self._ratios[:j]) for j in range(self.num_codebooks)]
+        self._tokens_per_coarse = sum(self._ratios)
+        self._audio_root_override = audio_root
         self.index_dir = self._open_index()
+
+    # file descriptors do not pickle: a reader sent to a spawned worker reopens the cache there
+    def __getstate__(self) -> dict:
+        return {"cache_dir": self.cache_dir, "audio_root": self._audio_root_override}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cache_dir"], audio_root=state["audio_root"])
+
+    def close(self) -> None:
+        for name in ("_codes_fd", "_audio_fd"):
+            fd = self.__dict__.pop(name, None)
+            if fd is not None:
+                os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     # ---- index ----
     def _open_index(self) -> Path:
@@ -752,21 +787,17 @@ class CodeCache:
         def load(name: str) -> np.ndarray:  # plain ndarray view of a read-only mapping
             return np.asarray(np.load(directory / name, mmap_mode="r"))
 
-        def raw(name: str, dt: np.dtype) -> np.ndarray:
-            if (directory / name).stat().st_size == 0:
-                return np.zeros(0, dtype=dt)
-            return np.asarray(np.memmap(directory / name, dtype=dt, mode="r"))
-
         self.num_coarse: np.ndarray = load("num_coarse.npy")      # (rows,) int64
         self.num_samples: np.ndarray = load("num_samples.npy")    # (rows,) int64, target rate
         self.durations: np.ndarray = load("duration.npy")         # (rows,) float64 seconds
         self.sample_rates: np.ndarray = load("sample_rate.npy")   # (rows,) int32, of the source
-        self._coarse_start = load("coarse_start.npy")
-        self._codes = [raw(f"codes_{j}.bin", dtype) for j in range(self.num_codebooks)]
+        self._row_start = load("row_start.npy")                 # (rows,) int64 token offset
+        self._dtype = dtype
+        self._codes_fd = os.open(directory / "codes.bin", os.O_RDONLY)
         self._path_data, self._path_offsets = load("paths.npy"), load("paths_offsets.npy")
         self._id_data, self._id_offsets = load("ids.npy"), load("ids_offsets.npy")
         if self.embed_audio:
-            self._audio = raw("audio.bin", np.dtype(np.uint8))
+            self._audio_fd = os.open(directory / "audio.bin", os.O_RDONLY)
             self._audio_start, self._audio_size = load("audio_start.npy"), load("audio_size.npy")
         self._rows = int(info["rows"])
         if self._rows == 0:
@@ -792,9 +823,15 @@ class CodeCache:
         n = int(self.num_coarse[i])
         s = min(max(int(start), 0), n)
         e = n if length is None else min(n, s + max(int(length), 0))
-        base = int(self._coarse_start[i])
-        return [self._codes[j][(base + s) * r:(base + e) * r].astype(np.int64)
-                for j, r in enumerate(self._ratios)]
+        size = self._dtype.itemsize
+        base = int(self._row_start[i]) * size  # byte offset of the row in codes.bin
+        if n * self._tokens_per_coarse * size <= _WHOLE_ROW_BYTES:
+            # one read of the whole row (its codebooks are contiguous), then slice: (n*sum r_j,)
+            row = np.frombuffer(os.pread(self._codes_fd, n * self._tokens_per_coarse * size, base), self._dtype)
+            return [row[n * b + s * r:n * b + e * r].astype(np.int64)
+                    for b, r in zip(self._before, self._ratios)]
+        return [np.frombuffer(os.pread(self._codes_fd, (e - s) * r * size, base + (n * b + s * r) * size),
+                              self._dtype).astype(np.int64) for b, r in zip(self._before, self._ratios)]
 
     def audio(self, i: int, start: int = 0, frames: int | None = None) -> np.ndarray:
         """Target-rate mono float32 samples [start, start + frames) of row i (shorter at the end).
@@ -809,8 +846,8 @@ class CodeCache:
         if end <= start:
             return np.zeros(0, dtype=np.float32)
         if self.embed_audio:
-            a = int(self._audio_start[i])
-            x, sr = decode_flac(self._audio[a:a + int(self._audio_size[i])].tobytes(), start, end - start)
+            data = os.pread(self._audio_fd, int(self._audio_size[i]), int(self._audio_start[i]))
+            x, sr = decode_flac(data, start, end - start)
         else:
             source = self.input_root / self.path(i)
             if not source.exists():
@@ -1379,9 +1416,10 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
 
 def write_synthetic_cache(out_dir: str | os.PathLike, num_rows: int, model_config: dict, *,
                           target_sample_rate: int = 48000, rows_per_shard: int = 10000,
-                          max_coarse: int = 120, seed: int = 0, model_id: str = "synthetic") -> dict:
+                          min_coarse: int = 1, max_coarse: int = 120, seed: int = 0,
+                          model_id: str = "synthetic") -> dict:
     """For tests and benchmarks: a cache of random codes (no audio, no model run) in the real
-    format. Row lengths are uniform in [1, max_coarse] coarse tokens; paths are shuffled across
+    format. Row lengths are uniform in [min_coarse, max_coarse] coarse tokens; paths are shuffled across
     shards so the index's path order differs from shard order. Returns the manifest."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1396,7 +1434,7 @@ def write_synthetic_cache(out_dir: str | os.PathLike, num_rows: int, model_confi
     for k, lo in enumerate(range(0, num_rows, rows_per_shard)):
         idx = perm[lo:lo + rows_per_shard]
         n = len(idx)
-        num_coarse = rng.integers(1, max_coarse + 1, n).astype(np.int32)
+        num_coarse = rng.integers(min_coarse, max_coarse + 1, n).astype(np.int32)
         num_samples = num_coarse.astype(np.int64) * spc - rng.integers(0, spc, n)
         paths = pa.array([f"spk{i % 997:03d}/utt{i:08d}.wav" for i in idx.tolist()], pa.string())
         cols = {"id": pc.replace_substring(paths, ".wav", ""), "path": paths,

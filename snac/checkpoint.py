@@ -24,11 +24,16 @@ RESUMABLE = re.compile(r"^(latest|checkpoint_iter\d+|checkpoint_epoch\d+)\.pt$")
 
 
 def maybe_fault(point: str, iteration: int) -> None:
-    """Test hook for the kill-and-resume tests: with ``SNAC48_FAULT=<point>:<iteration>`` in the
-    environment this process kills itself with SIGKILL there (points: 'step', 'save')."""
-    spec = os.environ.get("SNAC48_FAULT", "")
-    if spec == f"{point}:{iteration}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Test hook for the kill-and-resume tests: with ``SNAC48_FAULT=<point>:<iteration>[:<SIG>]``
+    in the environment this process sends itself SIGKILL (or SIG<SIG>, e.g. TERM) there.
+    Points: 'step' (after an optimizer step, before its checkpoints), 'save' (half-way through
+    writing a checkpoint file)."""
+    spec = os.environ.get("SNAC48_FAULT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[:2] == [point, str(iteration)]:
+        os.kill(os.getpid(), getattr(signal, f"SIG{parts[2]}") if len(parts) > 2 else signal.SIGKILL)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -55,6 +60,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             data = buffer.getbuffer()
             half = len(data) // 2
             f.write(data[:half])
+            if os.environ.get("SNAC48_FAULT"):
+                f.flush()  # so a fault here leaves a torn file on disk, as a real crash would
             maybe_fault("save", int(state.get("iteration", -1)))  # killed mid-write: a torn temp file
             f.write(data[half:])
             f.flush()

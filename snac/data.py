@@ -120,10 +120,11 @@ class WindowDataset(torch.utils.data.Dataset):
         row, k, n = (int(v) for v in item)
         g = self.geometry
         codes = []
-        for scale in range(len(g.vq_strides)):
-            start, length = g.code_span(k, n, scale)
-            c = np.asarray(self.cache.codes(row, start, length)[scale], dtype=np.int64)[:length]
-            if len(c) < length:  # short item: pad every scale to the same instant
+        # the cache clips at the row end: pad every scale up to the same instant with code 0
+        for scale, c in enumerate(self.cache.codes(row, k, n)):
+            length = g.code_span(k, n, scale)[1]
+            c = np.asarray(c, dtype=np.int64)[:length]
+            if len(c) < length:
                 c = np.concatenate([c, np.zeros(length - len(c), dtype=np.int64)])
             codes.append(c)
         # audio in the cache's rate, then (if the model decodes at another rate) resampled

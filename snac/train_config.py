@@ -187,8 +187,7 @@ def load_config_file(path: str) -> dict:
     if unknown:
         raise ConfigError(f"--config {path} has unknown key(s) {', '.join(unknown)}; "
                           f"valid keys are the flag names (see --help)")
-    if "config" in data:
-        raise ConfigError(f"--config {path} may not itself name a config file (remove its 'config' key)")
+    data.pop("config", None)  # a run's config.json records the file it came from: not followed
     return data
 
 

@@ -147,3 +147,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def load_trainer():
+    """The training script as a module (it lives at the repo root, outside the package)."""
+    import importlib.util
+
+    if "finetune_decoder_48khz" in sys.modules:
+        return sys.modules["finetune_decoder_48khz"]
+    spec = importlib.util.spec_from_file_location("finetune_decoder_48khz", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["finetune_decoder_48khz"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def config(tmp: Path, model_dir: Path, train: Path, val: Path | None, out: Path, **overrides):
+    """A validated TrainConfig of a tiny CPU run (same values as ``base_args``)."""
+    from snac.train_config import resolve_config
+
+    return resolve_config(base_args(tmp, model_dir, train, val, out, **overrides))
+
+
+@pytest.fixture(scope="session")
+def pycache_env(tmp_path_factory) -> dict:
+    """Subprocess env whose bytecode cache lives under pytest's tmp dir: the environment sets
+    PYTHONDONTWRITEBYTECODE, and recompiling torch costs each child process ~5 s."""
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(tmp_path_factory.mktemp("pycache"))}

@@ -14,6 +14,7 @@ import pytest
 
 from helpers_cache import TINY_CONFIG, load_script, save_tiny_model, write_audio
 from snac.audio import load_audio, resample
+import snac.cache as cache_module
 from snac.cache import CodeCache, build_index, list_shards, write_synthetic_cache
 
 ROWS = 257
@@ -45,7 +46,9 @@ def test_rows_are_ordered_by_path_and_match_the_shards(synthetic):
             assert codes[j].tolist() == row[f"codes_{j}"]
 
 
-def test_windows_are_aligned_across_scales_and_clipped(synthetic):
+@pytest.mark.parametrize("whole_row_bytes", [1 << 16, 0])  # one read per row / one per codebook
+def test_windows_are_aligned_across_scales_and_clipped(synthetic, monkeypatch, whole_row_bytes):
+    monkeypatch.setattr(cache_module, "_WHOLE_ROW_BYTES", whole_row_bytes)
     d, rows = synthetic
     cache = CodeCache(d)
     i = int(np.argmax(cache.num_coarse))
@@ -61,6 +64,16 @@ def test_windows_are_aligned_across_scales_and_clipped(synthetic):
         assert len({len(c) * st for c, st in zip(got, cache.vq_strides)}) == 1
     with pytest.raises(IndexError):
         cache.codes(len(cache))
+
+
+def test_a_pickled_reader_reopens_the_cache(synthetic):
+    import pickle
+
+    d, _ = synthetic
+    cache = CodeCache(d)
+    clone = pickle.loads(pickle.dumps(cache))  # what a spawn-context DataLoader worker receives
+    assert len(clone) == len(cache) and clone.path(5) == cache.path(5)
+    assert [c.tolist() for c in clone.codes(5)] == [c.tolist() for c in cache.codes(5)]
 
 
 def test_refuses_codes_of_another_model_config(synthetic):

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Benchmark the caching pipeline against the encoder alone, same process and model.
+
+  uv run python scripts/bench_cache.py --model full --seconds 120     # published 24 kHz size, random weights
+  uv run python scripts/bench_cache.py --model tiny --seconds 600     # the tests' tiny model
+  uv run python scripts/bench_cache.py --pretrained_model DIR_OR_HUB_ID --device cuda:0
+
+Generates a corpus of 1-10 s files at mixed rates (16/24/44.1/48 kHz, some stereo), then measures
+audio-seconds per second of
+  (a) the encoder alone: model.encode on batches already read, resampled, stacked and on the device;
+  (b) one caching worker (snac.cache.run_worker): read + mono + resample + encode + parquet shards,
+      with the same model object, the same device and the same batching.
+Prints the ratio (b)/(a); the goal is >= 0.9 (I/O, resampling and writing hidden behind the encoder).
+Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+from snac import SNAC  # noqa: E402
+from snac.cache import (LengthBuckets, WorkerSpec, list_shards, load_item, model_settings,  # noqa: E402
+                        run_worker)
+
+CFG24 = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
+             decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
+             vq_strides=[4, 2, 1], noise=True, depthwise=True)
+TINY = dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=32,
+            decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=64, codebook_dim=4,
+            vq_strides=[4, 2, 1], noise=True, depthwise=True)
+
+
+def make_corpus(root: Path, total_seconds: float, seed: int = 0) -> tuple[list[str], float]:
+    rng = np.random.default_rng(seed)
+    files, seconds = [], 0.0
+    while seconds < total_seconds:
+        k = len(files)
+        sr = [16000, 24000, 44100, 48000][k % 4]
+        dur = float(rng.uniform(1, 10))
+        ch = 2 if k % 5 == 0 else 1
+        t = np.arange(int(dur * sr)) / sr
+        x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t)[:, None] + 0.05 * rng.standard_normal((len(t), ch))
+        rel = f"spk{k % 7}/utt{k:05d}.{'flac' if k % 2 else 'wav'}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, x.astype(np.float32), sr)
+        files.append(rel)
+        seconds += len(t) / sr
+    return files, seconds
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def encoder_alone(model, batches: list[torch.Tensor], device: str) -> float:
+    """Seconds to encode every preloaded batch (inputs already on the device)."""
+    sync(device)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x in batches:
+            model.encode(x)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["full", "tiny"], default="full",
+                    help="random-weight model of the published 24 kHz size, or the tests' tiny one")
+    ap.add_argument("--pretrained_model", default=None, help="use this hub id / dir instead of --model")
+    ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seconds", type=float, default=120.0, help="audio in the generated corpus")
+    ap.add_argument("--batch_seconds", type=float, default=60.0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    ap.add_argument("--io_threads", type=int, default=None, help="loader threads (default: as the script)")
+    ap.add_argument("--embed_audio", action="store_true")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternate (encoder alone, pipeline) this many times; CPU load from other jobs varies")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.pretrained_model:
+        model = SNAC.from_pretrained(args.pretrained_model)
+        model_id = args.pretrained_model
+    else:
+        model = SNAC(**(CFG24 if args.model == "full" else TINY))
+        model_id = f"random-{args.model}"
+    model = model.eval().to(args.device)
+    work = Path(tempfile.mkdtemp(prefix="bench_cache_"))
+    try:
+        files, total = make_corpus(work / "audio", args.seconds)
+        settings = model_settings(model_id, model.config, 48000, args.embed_audio, str(work / "audio"))
+        print(f"device {args.device}, torch threads {args.threads}, CPU cores {os.cpu_count()} (shared with "
+              f"other jobs); model {model_id} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params); "
+              f"corpus {len(files)} files, {total:.0f} s of audio at 16/24/44.1/48 kHz")
+
+        # (a) encoder alone on preloaded batches, batched exactly as the worker batches
+        items = [load_item(str(work / "audio"), f, f, model.sampling_rate, 48000) for f in files]
+        sps = int(args.batch_seconds * model.sampling_rate)
+        buckets = LengthBuckets(model.pad_multiple, sps, 4 * sps)
+        groups = [b for it in items for b in buckets.add(it)] + buckets.flush()
+        batches = []
+        for g in groups:
+            length = max(it.audio.shape[-1] for it in g)
+            length = -(-length // model.pad_multiple) * model.pad_multiple
+            batches.append(torch.stack([torch.nn.functional.pad(it.audio, (0, length - it.audio.shape[-1]))
+                                        for it in g]).unsqueeze(1).to(args.device))
+        encoder_alone(model, batches[:1], args.device)  # warm-up
+        ratios = []
+        for k in range(args.rounds):
+            t_enc = encoder_alone(model, batches, args.device)
+            # (b) one caching worker: read, resample, encode, write shards, with the same model
+            out = work / f"cache{k}"
+            out.mkdir()
+            spec = WorkerSpec(worker_index=0, num_workers=1, device=args.device, items=[(f, f) for f in files],
+                              input_root=str(work / "audio"), output_dir=str(out),
+                              pretrained_model=model_id, settings=settings, shard_rows=1000,
+                              batch_seconds=args.batch_seconds, max_seconds=1e9, torch_threads=args.threads,
+                              io_threads=args.io_threads or max(1, min(8, args.threads if args.device != "cpu"
+                                                                       else args.threads // 2)))
+            t = time.perf_counter()
+            stats = run_worker(spec, model=model)
+            sync(args.device)
+            t_pipe = time.perf_counter() - t
+            assert stats["rows"] == len(files), stats
+            ratios.append(t_enc / t_pipe)
+            print(f"round {k}: encoder alone (preloaded batches) {total / t_enc:8.1f} audio-s/s ({t_enc:.2f} s, "
+                  f"{len(batches)} batches) | caching worker (whole pipeline) {total / t_pipe:8.1f} audio-s/s "
+                  f"({t_pipe:.2f} s, {len(list_shards(out))} shards, {stats['encode_seconds']:.2f} s inside "
+                  f"encode) | ratio {t_enc / t_pipe:.3f}")
+        print(f"ratio pipeline / encoder alone: median {float(np.median(ratios)):.3f} over {len(ratios)} rounds "
+              f"(goal >= 0.9)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+#!/usr/bin/env python
+"""The Python half of train_decoder_48khz.sh and train_status.sh (run those, not this).
+
+    preflight --device D [--fresh] [--logs_root logs] -- TRAINER FLAGS...
+        Resolve the trainer's config exactly as the trainer will, refuse a device or run directory
+        that a live run holds (clearing stale PID files), decide whether to resume, run the
+        trainer's own pre-flight checks (caches exist, manifest matches the model, segment fits...),
+        write logs/<run>/launch.json and print shell assignments for the launcher to eval.
+    status [RUN_DIR...] [--plot] [--logs_root logs]
+        One block per run: state, PID, device, uptime, progress, losses, speed, ETA, newest
+        checkpoint, log path, GPU memory/utilisation. Reads files only (no torch import: fast).
+
+Layout: the run directory is the trainer's --output_dir (runs/<run>: config.json, training.log,
+metrics.jsonl, status.json, checkpoints). The launcher's files live in logs/<run>/ (<run> = the
+run directory's name): training.log (the trainer's stdout/stderr under nohup, appended across
+launches), train.pid (the PID of the launched process group) and launch.json (device, run
+directory, command, time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINER = ROOT / "finetune_decoder_48khz.py"
+TRAINER_NAME = TRAINER.name
+CHECKPOINT_GLOB = "*.pt"
+
+
+class LaunchError(Exception):
+    """A refusal; the message is one sentence that names the fix."""
+
+
+# ================================================================================ processes
+def pid_alive(pid: int | None) -> bool:
+    """True when ``pid`` is a live (non-zombie) process that runs the trainer (guards PID reuse)."""
+    if not pid or pid <= 0:
+        return False
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():  # Linux: a zombie is dead, and the command line must match
+        try:
+            stat = (proc / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+            return False
+        return TRAINER_NAME in cmdline
+    try:  # elsewhere: signal 0 only tests existence
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def launched_runs(logs_root: Path) -> list[Path]:
+    return sorted(p.parent for p in logs_root.glob("*/launch.json"))
+
+
+# ================================================================================ preflight
+def load_trainer():
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("finetune_decoder_48khz", TRAINER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["finetune_decoder_48khz"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_live_runs(logs_root: Path, out: Path, device: str, log_dir: Path) -> list[str]:
+    """Refuse when a live run holds ``out`` or GPU ``device``; clear stale PID files. Returns notes."""
+    notes = []
+    for run_log in launched_runs(logs_root):
+        pid_file = run_log / "train.pid"
+        pid = read_pid(pid_file)
+        if pid is None:
+            continue
+        info = read_json(run_log / "launch.json") or {}
+        if not pid_alive(pid):
+            pid_file.unlink(missing_ok=True)
+            notes.append(f"cleared a stale PID file {pid_file} (process {pid} is gone)")
+            continue
+        other_out = Path(info.get("output_dir", "")).resolve()
+        if other_out == out:
+            raise LaunchError(f"a live run (PID {pid}) already writes to {out}; follow it with "
+                              f"'tail -f {run_log / 'training.log'}' or stop it with 'kill {pid}' first")
+        if device != "cpu" and str(info.get("device")) == device:
+            raise LaunchError(f"GPU {device} is in use by the live run {other_out} (PID {pid}); choose "
+                              f"another GPU or stop it with 'kill {pid}'")
+    # a run started by hand (not through the launcher) still marks its directory in status.json
+    status = read_json(out / "status.json") or {}
+    if status.get("state") == "running" and pid_alive(status.get("pid")):
+        raise LaunchError(f"a live trainer (PID {status['pid']}) already writes to {out}; stop it first "
+                          f"with 'kill {status['pid']}'")
+    info = read_json(log_dir / "launch.json")
+    if info and Path(info.get("output_dir", "")).resolve() != out:
+        raise LaunchError(f"log folder {log_dir} belongs to the run directory {info.get('output_dir')}; "
+                          f"give this run an --output_dir with another name")
+    return notes
+
+
+def preflight(args: argparse.Namespace) -> str:
+    from snac.checkpoint import find_latest_checkpoint
+    from snac.train_config import ConfigError, resolve_config
+
+    trainer_args = list(args.trainer_args)
+    if trainer_args and trainer_args[0] == "--":
+        trainer_args = trainer_args[1:]
+    try:
+        cfg = resolve_config(trainer_args + ["--device", args.device])
+    except (ConfigError, SystemExit) as e:
+        raise LaunchError(f"bad trainer flags: {e}") from e
+    out = Path(cfg.output_dir).resolve()
+    logs_root = Path(args.logs_root)
+    log_dir = logs_root / out.name
+    notes = check_live_runs(logs_root, out, args.device, log_dir)
+
+    latest = find_latest_checkpoint(out)
+    resume = ""
+    if latest is not None and args.fresh:
+        raise LaunchError(f"--fresh, but {out} already holds checkpoints (newest {latest.name}); a fresh "
+                          "start would overwrite them: choose a new --output_dir, or drop --fresh to resume")
+    if latest is not None and cfg.resume is None:
+        resume = "auto"
+        cfg.resume = "auto"
+        notes.append(f"resuming from {latest} (--resume auto; pass --fresh with a new --output_dir to start over)")
+    elif cfg.resume:
+        notes.append(f"resuming as asked: --resume {cfg.resume}")
+    else:
+        notes.append(f"starting a new run in {out}")
+
+    trainer = load_trainer()
+    from snac.distributed import DistInfo
+
+    try:
+        plan = trainer.preflight(cfg, DistInfo())
+    except trainer.PreflightError as e:
+        raise LaunchError(str(e)) from e
+    notes.append(f"{len(plan.train_coarse)} training rows, {len(plan.epochs)} epochs, "
+                 f"{trainer.total_iterations(cfg, plan)} iterations planned")
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    launch = {"output_dir": str(out), "device": args.device, "config": cfg.config,
+              "trainer_args": trainer_args + (["--resume", "auto"] if resume else []),
+              "time": time.time(), "resume": resume or cfg.resume}
+    tmp = log_dir / "launch.json.tmp"
+    tmp.write_text(json.dumps(launch, indent=2) + "\n")
+    os.replace(tmp, log_dir / "launch.json")
+    for note in notes:
+        print(note, file=sys.stderr)
+    return (f"OUTPUT_DIR={shlex.quote(str(out))}; LOG_DIR={shlex.quote(str(log_dir))}; "
+            f"RESUME={shlex.quote(resume)}")
+
+
+# ================================================================================ status
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def num(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def last_error_line(log: Path | None) -> str | None:
+    """The last line of a log that looks like an error (a traceback's final line, 'error: ...')."""
+    if log is None or not log.is_file():
+        return None
+    with open(log, "rb") as f:
+        f.seek(max(0, log.stat().st_size - 65536))
+        lines = f.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+        s = line.strip()
+        low = s.lower()
+        if s and ("error" in low or "exception" in low or s.startswith("Killed")):
+            return s
+    return None
+
+
+def gpu_lines(device: str | None) -> list[str]:
+    """GPU memory and utilisation from nvidia-smi for the run's GPU index, when there is one."""
+    if not device or not shutil.which("nvidia-smi"):
+        return []
+    index = device.split()[0].replace("cuda:", "")
+    if not index.isdigit():
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", index, "--query-gpu=name,memory.used,memory.total,utilization.gpu",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0 or not out.stdout.strip():
+        return []
+    name, used, total, util = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
+    return [f"gpu          {index} {name}: {used}/{total} MiB, {util}% utilisation"]
+
+
+def run_state(status: dict | None, alive: bool, log: Path | None) -> tuple[str, str | None]:
+    """(state word, error line) from status.json and process liveness."""
+    state = (status or {}).get("state")
+    if alive:
+        return ("running" if state in (None, "running") else f"running ({state} written, still exiting)"), None
+    if state == "finished":
+        return "finished", None
+    if state == "stopped":
+        return "stopped (by a signal, latest.pt saved; relaunch the same command to resume)", None
+    if state == "failed":
+        return "crashed", (status or {}).get("error") or last_error_line(log)
+    if state == "running":
+        return ("crashed (the process is gone without a final status: killed, out of memory or a reboot)",
+                last_error_line(log))
+    return "not started or failed before training began", last_error_line(log)
+
+
+def describe(run_dir: Path, logs_root: Path, plot: bool) -> list[str]:
+    status = read_json(run_dir / "status.json")
+    log_dir = logs_root / run_dir.name
+    launch = read_json(log_dir / "launch.json")
+    if launch and Path(launch.get("output_dir", "")).resolve() != run_dir.resolve():
+        log_dir, launch = None, None  # that log folder belongs to another run of the same name
+    pid = read_pid(log_dir / "train.pid") if log_dir else None
+    trainer_pid = (status or {}).get("pid")
+    alive = pid_alive(pid) or (status is not None and pid_alive(trainer_pid))
+    nohup_log = log_dir / "training.log" if log_dir and (log_dir / "training.log").is_file() else None
+    run_log = run_dir / "training.log"
+    state, error = run_state(status, alive, nohup_log or (run_log if run_log.is_file() else None))
+    s = status or {}
+    now = time.time()
+    lines = [f"== {run_dir}", f"state        {state}"]
+    if error:
+        lines.append(f"last error   {error}")
+    if pid or trainer_pid:
+        lines.append(f"pid          {pid or '-'} (launcher process group), trainer {trainer_pid or '-'}")
+    device = s.get("device") or (launch or {}).get("device")
+    lines.append(f"device       {device or '-'}")
+    if s.get("start_time"):
+        end = now if alive else s.get("update_time", now)
+        lines.append(f"uptime       {age(end - s['start_time'])} (started "
+                     f"{datetime.datetime.fromtimestamp(s['start_time']).strftime('%Y-%m-%d %H:%M:%S')}; "
+                     f"status updated {age(now - s.get('update_time', now))} ago)")
+    if status:
+        lines += [f"progress     epoch {s.get('epoch') or '-'}/{s.get('epochs') or '-'}, iteration "
+                  f"{s.get('iteration') or 0}/{s.get('total_iterations') or '-'}, phase {s.get('phase') or '-'}",
+                  f"loss         train {num(s.get('train_loss'))} | val last {num(s.get('val_loss'))}, "
+                  f"best {num(s.get('best_val_loss'))}",
+                  f"speed        {num(s.get('samples_per_s'), '.1f')} samples/s, ETA "
+                  f"{age(s.get('eta_s')) if alive and s.get('eta_s') is not None else '-'}"]
+    ckpts = sorted(run_dir.glob(CHECKPOINT_GLOB), key=lambda p: p.stat().st_mtime)
+    if ckpts:
+        newest = ckpts[-1]
+        lines.append(f"checkpoint   {newest} ({age(now - newest.stat().st_mtime)} old; {len(ckpts)} in the run dir)")
+    else:
+        lines.append("checkpoint   none yet")
+    logs = [str(p) for p in (nohup_log, run_log if run_log.is_file() else None) if p]
+    lines.append(f"log          {' | '.join(logs) if logs else '-'}")
+    if alive:
+        lines += gpu_lines(str(device) if device else None)
+        if pid:
+            lines.append(f"follow       tail -f {nohup_log or run_log}    stop: kill {pid}")
+    if plot:
+        png = run_dir / "loss_curves.png"
+        try:
+            sys.path.insert(0, str(ROOT / "scripts"))
+            from plot_metrics import plot_metrics
+
+            plot_metrics(run_dir / "metrics.jsonl", png, title=run_dir.name)
+            lines.append(f"plot         {png}")
+        except (FileNotFoundError, ValueError) as e:
+            lines.append(f"plot         not written: {e}")
+    return lines
+
+
+def status(args: argparse.Namespace) -> int:
+    logs_root = Path(args.logs_root)
+    runs: list[Path] = [Path(r) for r in args.run_dirs]
+    if not runs:
+        for run_log in launched_runs(logs_root):
+            out = (read_json(run_log / "launch.json") or {}).get("output_dir")
+            if out:
+                runs.append(Path(out))
+        runs += sorted(p.parent for p in Path("runs").glob("*/status.json"))
+    seen, unique = set(), []
+    for r in runs:
+        key = r.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    if not unique:
+        print(f"no runs found (none launched into {logs_root}/, no runs/*/status.json); pass a run directory")
+        return 1
+    missing = [r for r in unique if not r.is_dir()]
+    for r in unique:
+        if r.is_dir():
+            print("\n".join(describe(r, logs_root, args.plot)))
+            print()
+    for r in missing:
+        print(f"== {r}\nstate        no such run directory\n")
+    return 1 if missing else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser("preflight")
+    pre.add_argument("--device", required=True)
+    pre.add_argument("--fresh", action="store_true")
+    pre.add_argument("--logs_root", default="logs")
+    pre.add_argument("trainer_args", nargs=argparse.REMAINDER)
+    st = sub.add_parser("status")
+    st.add_argument("run_dirs", nargs="*")
+    st.add_argument("--plot", action="store_true")
+    st.add_argument("--logs_root", default="logs")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "status":
+            return status(args)
+        # stdout carries only the shell assignments the launcher evals: anything else printed
+        # while importing or checking goes to stderr
+        real_stdout = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            assignments = preflight(args)
+        real_stdout.write(assignments + "\n")
+        return 0
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

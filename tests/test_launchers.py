@@ -1,0 +1,146 @@
+"""train_decoder_48khz.sh and train_status.sh driven like a user would, with a tiny run on CPU."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers_train import save_tiny_model, tiny_snac, write_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH, STATUS = ROOT / "train_decoder_48khz.sh", ROOT / "train_status.sh"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+pytestmark = pytest.mark.skipif(shutil.which("uv") is None or shutil.which("bash") is None,
+                                reason="the launchers need bash and uv on PATH")
+
+
+def sh(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", *map(str, args)], cwd=cwd, capture_output=True, text=True, env=ENV,
+                          timeout=timeout)
+
+
+def wait_for(predicate, timeout: float = 90, every: float = 0.5):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A tiny base model, train/val code caches and a trainer config, as a user's working folder."""
+    root = tmp_path_factory.mktemp("work")
+    save_tiny_model(root / "base")
+    model = tiny_snac()
+    write_cache(root / "cache" / "train", model, [1.0] * 16, seed=0)
+    write_cache(root / "cache" / "val", model, [0.8] * 2, seed=1)
+    config = {"pretrained_model": "base", "train_codes": "cache/train", "val_codes": "cache/val",
+              "batch_size": 4, "epochs": 200, "warmup_epochs": 1, "segment_length": 0.2,
+              "val_segment_length": 0.2, "n_ffts": [128, 256], "num_workers": 0, "log_every": 1,
+              "checkpoint_every": 5, "checkpoint_minutes": 0, "learning_rate": 1e-3,
+              "warmup_learning_rate": 1e-3, "seed": 0, "output_dir": "runs/tiny"}
+    (root / "tiny.json").write_text(json.dumps(config))
+    yield root
+    # never leave a trainer behind when a test fails half-way: stop the ones this module started
+    for pid_file in root.glob("logs/*/train.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    for status in root.glob("runs/*/status.json"):
+        try:
+            os.kill(int(json.loads(status.read_text())["pid"]), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, KeyError, TypeError):
+            pass
+
+
+def status_of(cwd: Path, *run_dirs: str) -> str:
+    return sh(cwd, STATUS, *run_dirs).stdout
+
+
+def wait_status(cwd: Path, *needles: str, run_dirs: tuple[str, ...] = ()) -> str:
+    """Poll train_status.sh until its screen holds every needle; return that screen."""
+    def check():
+        screen = status_of(cwd, *run_dirs)
+        return screen if all(n in screen for n in needles) else None
+    return wait_for(check)
+
+
+def test_launch_status_double_launch_crash_stale_pid_and_resume(workdir):
+    # ---- launch: PID and the follow/check/stop commands are printed, the PID file is written
+    r = sh(workdir, LAUNCH, "cpu", "--config", "tiny.json")
+    assert r.returncode == 0, r.stderr
+    assert "tail -f logs/tiny/training.log" in r.stdout and "kill " in r.stdout
+    pid = int((workdir / "logs" / "tiny" / "train.pid").read_text())
+    assert f"PID       {pid}" in r.stdout
+    # ---- status shows it running, with progress
+    out = wait_status(workdir, "state        running", "phase ", run_dirs=("runs/tiny",))
+    assert f"pid          {pid}" in out and "ETA" in out
+    # ---- a second launch into the same run directory is refused while it lives
+    r = sh(workdir, LAUNCH, "cpu", "--config", "tiny.json")
+    assert r.returncode == 2 and f"a live run (PID {pid}) already writes to" in r.stderr
+    # ---- SIGKILL the trainer after its first checkpoint: status reports a crash
+    run = workdir / "runs" / "tiny"
+    wait_for(lambda: (run / "checkpoint_iter5.pt").exists())
+    trainer_pid = json.loads((run / "status.json").read_text())["pid"]
+    os.kill(trainer_pid, signal.SIGKILL)
+    wait_status(workdir, "state        crashed (the process is gone", run_dirs=("runs/tiny",))
+    reached = json.loads((run / "status.json").read_text())["iteration"]
+    # ---- relaunch: the stale PID file is noticed and cleared, the run resumes and finishes
+    wait_for(lambda: subprocess.run(["ps", "-p", str(pid), "-o", "stat="], capture_output=True,
+                                    text=True).stdout.strip() in ("", "Z"))
+    r = sh(workdir, LAUNCH, "cpu", "--config", "tiny.json", "--max_steps", str(reached + 4))
+    assert r.returncode == 0, r.stderr
+    assert f"cleared a stale PID file logs/tiny/train.pid (process {pid} is gone)" in r.stderr
+    assert "resuming: --resume auto" in r.stdout
+    out = wait_status(workdir, "state        finished")
+    assert f"iteration {reached + 4}/" in out and "checkpoint   " in out
+    assert "resumed from" in (run / "training.log").read_text().lower()
+    # ---- --fresh never overwrites a run that has checkpoints
+    r = sh(workdir, LAUNCH, "cpu", "--config", "tiny.json", "--fresh")
+    assert r.returncode == 2 and "already holds checkpoints" in r.stderr
+
+
+def test_status_reports_a_failed_run_with_its_error_and_plots(tmp_path):
+    run = tmp_path / "runs" / "broken"
+    run.mkdir(parents=True)
+    now = time.time()
+    (run / "status.json").write_text(json.dumps({
+        "state": "failed", "pid": 999999999, "device": "cpu", "start_time": now - 100, "update_time": now - 5,
+        "epoch": 2, "epochs": 15, "iteration": 120, "total_iterations": 900, "phase": "unfreeze",
+        "train_loss": 1.5, "val_loss": 1.7, "best_val_loss": 1.6, "samples_per_s": 33.0, "eta_s": 500,
+        "latest_checkpoint": None, "error": "RuntimeError: CUDA out of memory"}))
+    rows = [{"type": "train", "iteration": i, "phase": "warmup" if i < 3 else "unfreeze", "loss/total": 2.0 / i,
+             "loss/l1": 0.1, "loss/stft": 1.9 / i, "lr": 1e-4} for i in range(1, 6)]
+    rows.append({"type": "val", "iteration": 5, "loss/total": 0.5, "loss/l1": 0.1, "loss/stft": 0.4})
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    r = sh(tmp_path, STATUS, "runs/broken", "--plot")
+    assert r.returncode == 0, r.stderr
+    assert "state        crashed" in r.stdout and "last error   RuntimeError: CUDA out of memory" in r.stdout
+    assert "iteration 120/900, phase unfreeze" in r.stdout and "best 1.6000" in r.stdout
+    assert (run / "loss_curves.png").stat().st_size > 1000
+    r = sh(tmp_path, STATUS, "runs/missing")
+    assert r.returncode == 1 and "no such run directory" in r.stdout
+
+
+def test_launcher_refuses_bad_input_with_a_sentence(workdir, tmp_path):
+    r = sh(workdir, LAUNCH, "gpu0")
+    assert r.returncode == 2 and "must be a GPU index" in r.stderr
+    r = sh(workdir, LAUNCH, "cpu", "--config", "nope.json")
+    assert r.returncode == 2 and "config file nope.json does not exist" in r.stderr
+    r = sh(workdir, LAUNCH, "cpu", "--config", "tiny.json", "--train_codes", "cache/none",
+           "--output_dir", str(tmp_path / "runs" / "x"))
+    assert r.returncode == 2 and "cache/none" in r.stderr and "does not exist" in r.stderr
+    assert not (tmp_path / "runs" / "x").exists()
+    if shutil.which("nvidia-smi") is None:
+        r = sh(workdir, LAUNCH, "0", "--config", "tiny.json")
+        assert r.returncode == 2 and "nvidia-smi not found" in r.stderr

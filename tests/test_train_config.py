@@ -1,0 +1,67 @@
+"""Config precedence (defaults < --config JSON < flags), refusals, the curriculum."""
+
+import json
+
+import pytest
+
+from helpers_train import one_thread  # noqa: F401
+from snac.train_config import (FIELD_NAMES, ConfigError, TrainConfig, build_parser, epoch_plan,
+                               resolve_config)
+
+
+def test_flags_beat_the_json_file_which_beats_the_defaults(tmp_path):
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"train_codes": "a", "batch_size": 8, "learning_rate": 3e-5,
+                                    "n_ffts": [512, 1024], "compile": True}))
+    cfg = resolve_config(["--config", str(cfg_file), "--batch_size", "16", "--no-compile"])
+    assert cfg.batch_size == 16  # flag wins
+    assert cfg.learning_rate == 3e-5 and cfg.n_ffts == [512, 1024]  # from the file
+    assert cfg.compile is False  # an explicit --no-compile wins too
+    assert cfg.epochs == TrainConfig.epochs and cfg.warmup_learning_rate == 5e-5  # defaults
+    assert cfg.to_dict()["config"] == str(cfg_file)
+    assert resolve_config(["--train_codes", "a", "--n_ffts", "64, 128"]).n_ffts == [64, 128]
+
+
+def test_every_flag_is_a_config_key_and_the_resolved_config_round_trips(tmp_path):
+    parser_flags = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert parser_flags == set(FIELD_NAMES)
+    cfg = resolve_config(["--train_codes", "x", "--segment_schedule",
+                          '[{"epochs": [1, 1], "length": 1.0, "batch_multiplier": 4}]'])
+    # a run directory's config.json (what the trainer writes) is itself a valid --config
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    again = resolve_config(["--config", str(tmp_path / "config.json")])
+    assert {**again.to_dict(), "config": None} == cfg.to_dict()
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"train_codes": "a", "batch_sise": 4}, "unknown key(s) batch_sise"),
+    ({"train_codes": "a", "epochs": 2, "warmup_epochs": 2}, "--warmup_epochs (2) must be >= 0 and < --epochs (2)"),
+    ({"train_codes": "a", "segment_schedule": [{"epochs": [1, 2], "length": 1}, {"epochs": [2, 3], "length": 2}]},
+     "covered twice"),
+    ({"train_codes": "a", "segment_schedule": [{"epochs": [0, 2], "length": 1}]}, "1-based inclusive"),
+    ({"train_codes": "a", "batch_size": "many"}, "batch_size: expected int"),
+    ({"train_codes": "a", "precision": "fp16"}, "--precision must be bf16 or fp32"),
+    ({}, "--train_codes is required"),
+])
+def test_bad_values_fail_with_one_line(tmp_path, content, message):
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(content))
+    with pytest.raises(ConfigError) as e:
+        resolve_config(["--config", str(f)])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_curriculum_sets_length_and_batch_per_epoch():
+    cfg = resolve_config(["--train_codes", "a", "--epochs", "6", "--batch_size", "8", "--segment_schedule",
+                          '[{"epochs": [1, 2], "length": 1.0, "batch_multiplier": 4},'
+                          ' {"epochs": [3, 4], "length": 2.0, "batch_multiplier": 2}]'])
+    assert [epoch_plan(cfg, e) for e in range(1, 7)] == [(1.0, 32), (1.0, 32), (2.0, 16), (2.0, 16),
+                                                        (4.0, 8), (4.0, 8)]
+
+
+def test_shipped_configs_are_valid():
+    from helpers_train import REPO
+
+    for path in sorted((REPO / "configs").glob("*.json")):
+        if path.name.startswith("finetune") or path.name.startswith("tiny"):
+            resolve_config(["--config", str(path), "--train_codes", "x"])

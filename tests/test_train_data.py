@@ -1,0 +1,159 @@
+"""Aligned windows, padding masks, the sampler's data position and sharding, val windows."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_train import FakeCache, TINY_24KHZ, TINY_32KHZ, one_thread, tiny_snac, write_cache  # noqa: F401
+from snac.cache import CodeCache
+from snac.data import (WindowDataset, WindowGeometry, WindowSampler, collate_windows, validation_items,
+                       window_start)
+
+
+def geometry_for(config: dict, out_rate: int) -> WindowGeometry:
+    return WindowGeometry.from_configs(config, out_rate, out_rate)
+
+
+def test_geometry_matches_the_published_arithmetic():
+    # SNAC_FACTS: snac_24khz codes -> 48 kHz: 4 * 512 * 2 = 4096 samples per coarse token
+    g = geometry_for(TINY_24KHZ, 48000)
+    assert g.output_samples_per_token == 4096 and g.token_multiple == 1
+    assert g.tokens_for_seconds(4.0) == 46  # floor(4 * 24000 / 2048) = floor(46.875)
+    # 32 kHz codes (strides 8,4,2,1, hop 384, attention window 32) -> 48 kHz: 8 * 384 * 1.5
+    g32 = geometry_for(TINY_32KHZ, 48000)
+    assert g32.output_samples_per_token == 4608
+    assert g32.token_multiple == 4  # lcm(8, 32) / 8: windows start on the attention grid
+    assert g32.tokens_for_seconds(1.0) == 8  # floor(1 * 32000 / 3072) = 10 -> 8 on the grid of 4
+    with pytest.raises(ValueError, match="whole number of samples"):
+        # SNAC_FACTS: 44.1 kHz codes have no whole number of 48 kHz samples per token
+        WindowGeometry.from_configs(dict(TINY_32KHZ, sampling_rate=44100), 48000, 48000)
+
+
+@pytest.mark.parametrize("config,out_rate", [(TINY_24KHZ, 48000), (TINY_24KHZ, 24000), (TINY_32KHZ, 48000)])
+def test_every_scale_and_the_audio_start_at_the_same_instant(config, out_rate):
+    g = geometry_for(config, out_rate)
+    rng = np.random.default_rng(0)
+    cache = FakeCache(config, list(rng.integers(3, 40, size=30) * g.token_multiple), out_rate)
+    dataset = WindowDataset(cache, g)
+    n = 2 * g.token_multiple
+    strides, hop = config["vq_strides"], g.hop_length
+    for row in range(len(cache)):
+        k = window_start(7, 0, row, int(cache.num_coarse[row]), n, g.token_multiple)
+        item = dataset[(row, k, n)]
+        # model-rate time (in samples) of each scale's first token and of the first audio sample
+        instants = [int(c[0]) * s * hop for c, s in zip(item["codes"], strides)]
+        audio_instant = round(float(item["audio"][0]) * 2**20) * config["sampling_rate"] // out_rate
+        assert len(set(instants)) == 1 and instants[0] == audio_instant == k * strides[0] * hop
+        # and every later token lines up too: codebook i token j sits at sample j * s_i * hop
+        for c, s in zip(item["codes"], strides):
+            assert np.array_equal(c, np.arange(len(c)) + c[0])
+            assert len(c) * s == n * strides[0]
+        assert len(item["audio"]) == n * g.output_samples_per_token
+        # decoded length of these codes = len(codes[-1]) * s_last * hop * (R_out / R_in)
+        assert len(item["codes"][-1]) * strides[-1] * hop * out_rate // config["sampling_rate"] == len(item["audio"])
+
+
+@pytest.mark.parametrize("config", [TINY_24KHZ, TINY_32KHZ])
+def test_short_items_are_padded_on_every_scale_and_masked(config):
+    g = geometry_for(config, 48000)
+    m = g.token_multiple
+    short_audio = 1000  # real audio ends 1000 samples before the codes do
+    cache = FakeCache(config, [m, 3 * m], 48000, short_audio=short_audio)
+    dataset = WindowDataset(cache, g)
+    n = 4 * m
+    item = dataset[(0, 0, n)]  # a row of m tokens in a window of 4m
+    p = g.output_samples_per_token
+    for c, s in zip(item["codes"], config["vq_strides"]):
+        real = m * config["vq_strides"][0] // s
+        assert len(c) == n * config["vq_strides"][0] // s
+        assert np.array_equal(c[:real], np.arange(real)) and not c[real:].any()  # pad = code 0, valid index
+    valid = m * p - short_audio
+    assert item["mask"][:valid].all() and not item["mask"][valid:].any()
+    assert not item["audio"][valid:].any()
+    # a window at the end of a longer row: the mask stops where that row's audio stops
+    item = dataset[(1, 2 * m, 2 * m)]
+    assert item["mask"].sum() == m * p - short_audio
+
+
+def test_real_cache_windows_equal_slices_of_the_whole_row(tmp_path):
+    model = tiny_snac()
+    cache = CodeCache(write_cache(tmp_path / "c", model, [0.3, 0.7]), expected_model_config=model.config)
+    g = WindowGeometry.from_configs(model.config, cache.target_sample_rate, 48000)
+    dataset = WindowDataset(cache, g)
+    full_codes, full_audio = cache.codes(1), cache.audio(1)
+    p = g.output_samples_per_token
+    for k in range(int(cache.num_coarse[1]) - 2):
+        item = dataset[(1, k, 2)]
+        for i, c in enumerate(item["codes"]):
+            r = len(full_codes[i]) // int(cache.num_coarse[1])
+            assert np.array_equal(c, full_codes[i][k * r:(k + 2) * r])
+        valid = int(item["mask"].sum())
+        assert np.allclose(item["audio"][:valid], full_audio[k * p:k * p + valid], atol=1e-6)
+    batch = collate_windows([dataset[(0, 0, 2)], dataset[(1, 1, 2)]])
+    assert [tuple(c.shape) for c in batch["codes"]] == [(2, 2), (2, 4), (2, 8)]
+    assert batch["audio"].shape == batch["mask"].shape == (2, 1, 2 * 4096)
+
+
+def test_after_restore_the_next_batches_are_equal():
+    """Data position (torchtitan style): save the sampler mid-epoch, rebuild, and the DataLoader
+    yields torch.equal batches to the uninterrupted one."""
+    g = geometry_for(TINY_24KHZ, 48000)
+    cache = FakeCache(TINY_24KHZ, list(np.random.default_rng(1).integers(1, 9, size=23)), 48000)
+
+    def loader(sampler):
+        return torch.utils.data.DataLoader(WindowDataset(cache, g), batch_sampler=sampler,
+                                           collate_fn=collate_windows, num_workers=0)
+
+    ref = WindowSampler(cache.num_coarse, seed=3)
+    ref.configure(window_tokens=2, batch_size=4, token_multiple=1)
+    ref.start_epoch(1)
+    reference = list(loader(ref))
+    run = WindowSampler(cache.num_coarse, seed=3)
+    run.configure(2, 4, 1)
+    run.start_epoch(1)
+    for _ in range(3):  # three steps trained...
+        run.advance()
+    state = run.state_dict()
+    restored = WindowSampler(cache.num_coarse, seed=3)
+    restored.configure(2, 4, 1)
+    restored.load_state_dict(state)
+    resumed = list(loader(restored))
+    assert len(resumed) == len(reference) - 3
+    for a, b in zip(resumed, reference[3:]):
+        assert all(torch.equal(x, y) for x, y in zip(a["codes"], b["codes"]))
+        assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["mask"], b["mask"])
+    # a new epoch is a new permutation with new window starts
+    ref.start_epoch(2)
+    assert [b["rows"].tolist() for b in loader(ref)] != [b["rows"].tolist() for b in reference]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_share_an_epoch_without_overlap_and_resharding_keeps_the_position(world_size):
+    num_coarse = np.full(17, 5)
+    samplers = [WindowSampler(num_coarse, seed=0, rank=r, world_size=world_size) for r in range(world_size)]
+    for s in samplers:
+        s.configure(2, 2, 1)
+    rows = [[it[0] for batch in s for it in batch] for s in samplers]
+    assert len({len(r) for r in rows}) == 1  # same number of items (and steps) on every rank
+    seen = [r for rank_rows in rows for r in rank_rows]
+    assert set(seen) == set(range(17)) and len(seen) - 17 < world_size  # only DistributedSampler-style padding
+    # advance 2 global steps, then continue on ONE rank: exactly the remaining items of the order
+    for _ in range(2):
+        for s in samplers:
+            s.advance()
+    single = WindowSampler(num_coarse, seed=0)
+    single.configure(2, 2, 1)
+    single.load_state_dict(samplers[0].state_dict())
+    rest = [it[0] for batch in single for it in batch]
+    order = single.order(0)
+    assert rest == list(order[2 * 2 * world_size:])
+
+
+def test_validation_windows_are_fixed_and_cover_every_row_once():
+    num_coarse = np.array([3, 10, 1, 7, 20])
+    one = validation_items(num_coarse, n=4, multiple=2)
+    assert one == validation_items(num_coarse, n=4, multiple=2)
+    assert [r for r, _, _ in one] == list(range(5)) and all(n == 4 for _, _, n in one)
+    assert all(k % 2 == 0 and (k + 4 <= c or k == 0) for (_, k, _), c in zip(one, num_coarse))
+    split = validation_items(num_coarse, 4, 2, rank=0, world_size=2) + validation_items(num_coarse, 4, 2, 1, 2)
+    assert sorted(split) == sorted(one)

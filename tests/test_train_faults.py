@@ -1,0 +1,123 @@
+"""Faults: SIGKILL at several points then --resume auto ends bit-identical to an uninterrupted run;
+SIGTERM/SIGINT save and exit 0 (a second signal exits at once); the non-finite step guard."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers_train import (SCRIPT, REPO, base_args, config, load_trainer, one_thread, pycache_env,  # noqa: F401
+                           read_metrics, run_script, save_tiny_model, tiny_snac, write_cache)
+from snac.checkpoint import load_checkpoint
+
+trainer = load_trainer()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    model = tiny_snac()
+    return {"root": root, "model": save_tiny_model(root / "model"),
+            "train": write_cache(root / "train", model, [0.5, 0.8, 1.0, 0.3, 1.2, 0.6, 0.9, 0.7], seed=1),
+            "val": write_cache(root / "val", model, [0.5, 0.6, 0.4], seed=2)}
+
+
+def flags(data, out, **overrides) -> list[str]:
+    values = dict(batch_size=3, checkpoint_every=2, val_examples=0)  # 3 steps per epoch, 9 in all
+    values.update(overrides)
+    return base_args(data["root"], data["model"], data["train"], data["val"], out, **values)
+
+
+def test_killed_at_any_point_and_resumed_ends_bit_identical(data, tmp_path, pycache_env):
+    from snac.train_config import resolve_config
+
+    # 3 steps per epoch (9 in all); iteration checkpoints at 2, 4, 6, 8; epoch checkpoints at 3, 6, 9
+    assert trainer.train(resolve_config(flags(data, tmp_path / "whole"))) == 0
+    reference = load_checkpoint(tmp_path / "whole" / "latest.pt")
+    out = tmp_path / "cut"
+    # each stage resumes the previous one from the newest valid checkpoint (iteration in column 3)
+    stages = [("step:3", None),  # SIGKILL in warmup (end of epoch 1, before its saves)
+              ("step:4", 2),     # SIGKILL in the first step after the phase switch
+              ("step:5", 3),     # SIGKILL mid-epoch 2 (unfreeze)
+              ("save:6", 4),     # SIGKILL half-way through writing a checkpoint at iteration 6
+              (None, 4)]         # runs to the end
+    outputs = []
+    for fault, resumed_at in stages:
+        env = {**pycache_env, **({"SNAC48_FAULT": fault} if fault else {})}
+        proc = run_script(flags(data, out, resume="auto", num_workers=1), env=env)
+        outputs.append(proc.stdout)
+        assert proc.returncode == (-9 if fault else 0), (fault, proc.stdout[-2000:], proc.stderr[-2000:])
+        if resumed_at is not None:
+            assert f"at iteration {resumed_at} (" in proc.stdout, (fault, proc.stdout[-1500:])
+    assert "removed stale temporary file" in outputs[-1]  # the torn file of the killed save
+    final = load_checkpoint(out / "latest.pt")
+    assert final["iteration"] == reference["iteration"] == 9
+    assert final["model"].keys() == reference["model"].keys()
+    assert all(torch.equal(final["model"][k], reference["model"][k]) for k in reference["model"])
+    opt_a, opt_b = final["optimizer"]["state"], reference["optimizer"]["state"]
+    assert all(torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"]) for i in opt_b)
+    assert final["scheduler"]["last_epoch"] == reference["scheduler"]["last_epoch"]
+
+
+@pytest.mark.parametrize("signals,rc", [((signal.SIGTERM,), (0,)), ((signal.SIGTERM, signal.SIGINT), (130, 143))])
+def test_signals_save_and_exit_zero_and_a_second_one_exits_at_once(data, tmp_path, pycache_env, signals, rc: tuple):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(SCRIPT)] + flags(data, out, epochs=50, checkpoint_every=0, val_codes=None)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1", **pycache_env})
+    for line in proc.stdout:
+        if " it 2/" in line:
+            for s in signals:
+                proc.send_signal(s)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=60) in rc  # 128 + the signal handled second, when two arrive together
+    if rc == (0,):
+        log = (out / "training.log").read_text()
+        assert "signal SIGTERM received: saving and exiting" in log
+        status = json.loads((out / "status.json").read_text())
+        saved = load_checkpoint(out / "latest.pt")
+        assert status["state"] == "stopped" and saved["iteration"] == status["iteration"] >= 2
+    else:  # the second signal did not wait for a save (two of the SAME signal can coalesce in
+        # the kernel before Python sees them, so the test sends two different ones)
+        assert not (out / "latest.pt").exists()
+
+
+def test_non_finite_steps_are_skipped_counted_and_too_many_stop_the_run(data, tmp_path, monkeypatch):
+    real_step, calls = trainer.train_step, [0]
+    bad_calls: set[int] = set()
+
+    def sometimes_nan(step_model, batch, cfg, params, autocast):
+        calls[0] += 1
+        metrics, finite = real_step(step_model, batch, cfg, params, autocast)
+        if calls[0] in bad_calls:
+            for p in params:
+                p.grad.fill_(float("nan"))
+            return {**metrics, "loss/total": torch.tensor(float("nan"))}, torch.tensor(False)
+        return metrics, finite
+
+    monkeypatch.setattr(trainer, "train_step", sometimes_nan)
+    bad_calls.update({2})
+    assert trainer.train(config(data["root"], data["model"], data["train"], data["val"], tmp_path / "a",
+                                batch_size=3, max_bad_steps=2, val_examples=0)) == 0
+    rows = [m for m in read_metrics(tmp_path / "a") if m["type"] == "train"]
+    assert [m["bad_steps"] for m in rows] == [0] + [1] * 8
+    assert rows[1]["loss/total"] is None  # NaN written as null: strict JSON
+    final = load_checkpoint(tmp_path / "a" / "latest.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in final.values())
+
+    calls[0] = 0
+    bad_calls.clear()
+    bad_calls.update({3, 4, 5})
+    out = tmp_path / "b"
+    assert trainer.train(config(data["root"], data["model"], data["train"], data["val"], out, batch_size=3,
+                                max_bad_steps=2, checkpoint_every=2, val_examples=0)) == trainer.EXIT_BAD_STEPS
+    assert "2 non-finite steps in a row (--max_bad_steps 2)" in (out / "training.log").read_text()
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    # nothing new was saved after the last good checkpoint (iteration 2)
+    assert load_checkpoint(out / "latest.pt")["iteration"] == 2
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best_model.pt", "checkpoint_iter2.pt", "latest.pt"] or \
+        sorted(p.name for p in out.glob("*.pt")) == ["checkpoint_iter2.pt", "latest.pt"]

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Launch finetune_decoder_48khz.py in the background under nohup, on one GPU or on the CPU.
+#
+# usage: ./train_decoder_48khz.sh GPU|cpu [--config FILE] [--fresh] [trainer flags...]
+#
+#   GPU            GPU index as nvidia-smi numbers it (e.g. 0), or "cpu"
+#   --config FILE  trainer JSON config (default: configs/finetune_48khz.json); flags after it win
+#   --fresh        never resume: refuse if the run directory already holds checkpoints
+#   trainer flags  anything finetune_decoder_48khz.py accepts (see its --help), e.g.
+#                  --train_codes cache/train --val_codes cache/val --output_dir runs/snac48
+#
+# Before starting it checks: uv is installed, the config exists, the GPU exists (nvidia-smi), no
+# live run holds this GPU or run directory (stale PID files are cleared), and the trainer's own
+# pre-flight (caches exist, their manifest matches the model, segments fit the data). When the run
+# directory already holds a checkpoint it resumes with --resume auto.
+#
+# Files: the run directory is the trainer's --output_dir (runs/<run>: checkpoints, metrics.jsonl,
+# status.json, its own training.log); logs/<run>/training.log is the process's stdout/stderr
+# (appended across launches) and logs/<run>/train.pid its PID (the process group leader, uv).
+# Follow: tail -f logs/<run>/training.log   Check: ./train_status.sh   Stop: kill <PID>
+# (SIGTERM: the trainer finishes its step, saves latest.pt and exits; run the same command to resume).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+die() { echo "error: $*" >&2; exit 2; }
+
+if [[ $# -lt 1 ]]; then usage >&2; exit 2; fi
+case "$1" in -h|--help) usage; exit 0 ;; esac
+DEVICE="$1"; shift
+[[ "$DEVICE" =~ ^([0-9]+|cpu)$ ]] || die "the first argument must be a GPU index (e.g. 0) or 'cpu', got '$DEVICE' (see --help)"
+
+CONFIG="$ROOT/configs/finetune_48khz.json"
+FRESH=()
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --config) [[ $# -ge 2 ]] || die "--config needs a file"; CONFIG="$2"; shift 2 ;;
+        --config=*) CONFIG="${1#*=}"; shift ;;
+        --fresh) FRESH=(--fresh); shift ;;
+        --device|--device=*) die "give the device as the first argument (GPU index or cpu), not --device" ;;
+        *) EXTRA+=("$1"); shift ;;
+    esac
+done
+
+command -v uv >/dev/null 2>&1 || die "uv is not on PATH; install it (curl -LsSf https://astral.sh/uv/install.sh | sh) and open a new shell"
+[[ -f "$CONFIG" ]] || die "config file $CONFIG does not exist; pass --config with an existing JSON (see $ROOT/configs/)"
+if [[ "$DEVICE" != cpu ]]; then
+    command -v nvidia-smi >/dev/null 2>&1 || die "nvidia-smi not found, so GPU $DEVICE cannot be checked; install the NVIDIA driver or use 'cpu'"
+    nvidia-smi -i "$DEVICE" -L >/dev/null 2>&1 || die "GPU $DEVICE does not exist; nvidia-smi -L lists: $(nvidia-smi -L 2>/dev/null | cut -d'(' -f1 | paste -sd';' -)"
+fi
+
+# Python pre-flight (the trainer's own config resolution and checks); prints shell assignments.
+ASSIGN="$(uv run --project "$ROOT" python "$ROOT/scripts/launcher.py" preflight --device "$DEVICE" \
+    ${FRESH[@]+"${FRESH[@]}"} -- --config "$CONFIG" ${EXTRA[@]+"${EXTRA[@]}"})" || exit $?
+OUTPUT_DIR="" LOG_DIR="" RESUME=""
+eval "$ASSIGN"
+[[ -n "$OUTPUT_DIR" && -n "$LOG_DIR" ]] || die "the pre-flight did not name a run directory (internal error)"
+
+LOG="$LOG_DIR/training.log"
+PID_FILE="$LOG_DIR/train.pid"
+ARGS=(--config "$CONFIG" --device "$DEVICE")
+ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
+if [[ -n "$RESUME" ]]; then ARGS+=(--resume "$RESUME"); fi
+
+echo "===== $(date '+%Y-%m-%d %H:%M:%S') launch on $DEVICE: finetune_decoder_48khz.py ${ARGS[*]}" >> "$LOG"
+# setsid: the run gets its own process group, so a closed SSH session or Ctrl-C in this shell
+# cannot reach it; uv forwards SIGTERM to the trainer, so 'kill PID' stops it cleanly.
+SETSID=()
+if command -v setsid >/dev/null 2>&1; then SETSID=(setsid); fi
+PYTHONUNBUFFERED=1 ${SETSID[@]+"${SETSID[@]}"} nohup uv run --project "$ROOT" python \
+    "$ROOT/finetune_decoder_48khz.py" "${ARGS[@]}" >> "$LOG" 2>&1 < /dev/null &
+PID=$!
+echo "$PID" > "$PID_FILE"
+
+# a start that dies at once (bad flag the pre-flight could not see) is reported here, not later
+for _ in 1 2 3 4; do
+    sleep 0.5
+    if ! ps -p "$PID" -o stat= 2>/dev/null | grep -qv Z; then  # gone, or a zombie not yet reaped
+        wait "$PID" || true
+        rm -f "$PID_FILE"
+        echo "error: the trainer exited right after starting; last lines of $LOG:" >&2
+        tail -n 5 "$LOG" >&2
+        exit 1
+    fi
+done
+
+cat <<MSG
+started finetune_decoder_48khz.py on $DEVICE${RESUME:+ (resuming: --resume $RESUME)}
+  PID       $PID   (saved in $PID_FILE)
+  run dir   $OUTPUT_DIR
+  log       $LOG
+follow:  tail -f $LOG
+check:   $ROOT/train_status.sh $OUTPUT_DIR
+stop:    kill $PID      (saves latest.pt and exits; run the same command again to resume)
+MSG
