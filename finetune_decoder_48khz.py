@@ -122,8 +122,12 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
         raise PreflightError(f"{out} already holds checkpoints; pass --resume auto to continue that run "
                              "or choose a new --output_dir")
     # ---- the model the codes come from
-    base_config, pretrained_config = read_base_config(cfg.pretrained_model) \
-        if resume_state is None or not _resume_can_skip_pretrained(cfg) else (None, None)
+    try:
+        base_config, pretrained_config = read_base_config(cfg.pretrained_model)
+    except PreflightError:
+        if resume_state is None:
+            raise
+        base_config, pretrained_config = None, None  # e.g. offline: the checkpoint carries the model
     if resume_state is not None:
         ckpt_base = dict(resume_state["base_model_config"])
         if base_config is not None and ckpt_base != base_config:
@@ -182,19 +186,6 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
                                  "lower it")
     return RunPlan(base_config, pretrained_config, resume_path, resume_state, train_cache, train_coarse,
                    val_cache, val_coarse, geometry, val_geometry, epochs)
-
-
-def _resume_can_skip_pretrained(cfg: TrainConfig) -> bool:
-    """A resumed run needs the pretrained model only to compare configs; skip it when it is a hub
-    id that is not cached (offline machines can still resume)."""
-    path = Path(cfg.pretrained_model)
-    if path.exists():
-        return False
-    try:
-        resolve_pretrained(cfg.pretrained_model)
-        return False
-    except Exception:
-        return True
 
 
 # ============================================================================ model and phases
@@ -295,6 +286,26 @@ def wrap_for_steps(model: nn.Module, cfg: TrainConfig, dist_info: DistInfo, devi
     if cfg.compile:
         step_model = torch.compile(step_model)
     return step_model
+
+
+def make_loaders(cfg: TrainConfig, plan: RunPlan, sampler: WindowSampler, dist_info: DistInfo,
+                 device: torch.device):
+    """(train loader driven by ``sampler``, val loader over this rank's fixed val windows or None)."""
+    common = dict(collate_fn=collate_windows, pin_memory=device.type == "cuda",
+                  worker_init_fn=_ignore_sigint_in_worker if cfg.num_workers else None,
+                  generator=torch.Generator())  # never touches the global RNG (exact resume)
+    loader = torch.utils.data.DataLoader(WindowDataset(plan.train_cache, plan.geometry), batch_sampler=sampler,
+                                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                                         **common)
+    if plan.val_cache is None:
+        return loader, None
+    val_tokens = plan.val_geometry.tokens_for_seconds(cfg.val_segment_length)
+    items = validation_items(plan.val_coarse, val_tokens, plan.val_geometry.token_multiple,
+                             dist_info.rank, dist_info.world_size)
+    val_loader = torch.utils.data.DataLoader(WindowDataset(plan.val_cache, plan.val_geometry),
+                                             batch_sampler=batched(items, cfg.batch_size),
+                                             num_workers=min(cfg.num_workers, 2), **common)
+    return loader, val_loader
 
 
 # ============================================================================ steps
@@ -398,7 +409,7 @@ class RunLog:
         self.metrics_file.write(json.dumps(json_safe(row)) + "\n")
         self.metrics_file.flush()
         prefix = row["type"]
-        for k, v in row.items():
+        for k, v in row.items() if prefix in ("train", "val") else ():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("iteration", "time"):
                 self.writer.add_scalar(f"{prefix}/{k}", v, row["iteration"])
 
@@ -481,7 +492,11 @@ def _ignore_sigint_in_worker(_: int) -> None:
 def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
     """The whole run; returns the exit status. ``clock`` is injectable so tests can move time."""
     # ---------------------------------------------------------------- setup
-    dist_info, device = setup_dist(cfg.resolved_device())
+    try:
+        dist_info, device = setup_dist(cfg.resolved_device())
+    except RuntimeError as e:  # no CUDA / no such GPU
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
     main = dist_info.is_main
     out = Path(cfg.output_dir)
     try:
@@ -505,7 +520,6 @@ def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
 
     resume = plan.resume_state
     log = RunLog(out if main else None, purge_step=int(resume["iteration"]) + 1 if resume else None)
-    status = "failed"
     stop = StopFlag()
     stop.install()
     try:
@@ -516,8 +530,8 @@ def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
                               total_iterations=total_iterations(cfg, plan), phase=None, train_loss=None,
                               val_loss=None, best_val_loss=None, samples_per_s=None, eta_s=None,
                               latest_checkpoint=None, error=None)
-        status = _train_loop(cfg, plan, dist_info, device, autocast, log, stop, clock)
-        return {"finished": 0, "stopped": 0, "bad_steps": EXIT_BAD_STEPS}[status]
+        result = _train_loop(cfg, plan, dist_info, device, autocast, log, stop, clock)
+        return {"finished": 0, "stopped": 0, "bad_steps": EXIT_BAD_STEPS}[result]
     except PreflightError as e:
         log.line(f"error: {e}")
         log.update_status(state="failed", error=str(e))
@@ -556,21 +570,7 @@ def _train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: to
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16/fp32 need no loss scaling
     unfreeze_steps = sum(e["steps"] for e in plan.epochs if e["phase"] == "unfreeze")
     sampler = WindowSampler(plan.train_coarse, cfg.seed, dist_info.rank, dist_info.world_size)
-    dataset = WindowDataset(plan.train_cache, plan.geometry)
-    loader_kw = dict(collate_fn=collate_windows, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                     worker_init_fn=_ignore_sigint_in_worker if cfg.num_workers else None,
-                     generator=torch.Generator(),  # never touches the global RNG (exact resume)
-                     persistent_workers=cfg.num_workers > 0)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **loader_kw)
-    val_loader = None
-    if plan.val_cache is not None:
-        val_tokens = plan.val_geometry.tokens_for_seconds(cfg.val_segment_length)
-        items = validation_items(plan.val_coarse, val_tokens, plan.val_geometry.token_multiple,
-                                 dist_info.rank, dist_info.world_size)
-        val_loader = torch.utils.data.DataLoader(
-            WindowDataset(plan.val_cache, plan.val_geometry), batch_sampler=batched(items, cfg.batch_size),
-            collate_fn=collate_windows, num_workers=min(cfg.num_workers, 2), generator=torch.Generator(),
-            worker_init_fn=_ignore_sigint_in_worker if cfg.num_workers else None)
+    loader, val_loader = make_loaders(cfg, plan, sampler, dist_info, device)
 
     # ---------------------------------------------------------------- state (fresh or resumed)
     iteration, phase, scheduler = 0, None, None
@@ -686,7 +686,10 @@ def _train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: to
     window_start_time, window_samples, window_audio_s, window_steps = clock(), 0, 0.0, 0
     result = "finished"
     step_model = None
-    while sampler.epoch < cfg.epochs and result == "finished":
+    def reached_max_steps() -> bool:
+        return cfg.max_steps is not None and iteration >= cfg.max_steps
+
+    while sampler.epoch < cfg.epochs and result == "finished" and not reached_max_steps():
         epoch_info = plan.epochs[sampler.epoch]
         epoch = epoch_info["epoch"]
         sampler.configure(epoch_info["tokens"], epoch_info["batch"], plan.geometry.token_multiple)
@@ -712,9 +715,9 @@ def _train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: to
             metrics, finite = train_step(step_model, to_device(batch, device), cfg, params, autocast)
             # the timer is read on rank 0 only (clocks differ); the signal on any rank stops all
             timer_due = main and cfg.checkpoint_minutes > 0 and clock() - last_save_time >= cfg.checkpoint_minutes * 60
-            flags = torch.stack([(~finite).float(), torch.tensor(float(stop.signum is not None), device=device),
-                                 torch.tensor(float(timer_due), device=device)])
-            bad, stop_now, timer_due = agree_any(flags)
+            host_flags = torch.tensor([float(stop.signum is not None), float(timer_due)])
+            flags = torch.cat([(~finite).float().reshape(1), host_flags.to(device, non_blocking=True)])
+            bad, stop_now, timer_due = agree_any(flags)  # the step's one host sync
             lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
             if bad:
                 optimizer.zero_grad(set_to_none=True)
@@ -772,7 +775,7 @@ def _train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: to
             if stop_now:
                 result = "stopped"
                 break
-            if cfg.max_steps and iteration >= cfg.max_steps:
+            if reached_max_steps():
                 break
         # ---- end of epoch
         if epoch_done:
@@ -781,8 +784,6 @@ def _train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: to
             sampler.start_epoch(sampler.epoch + 1)
             save([f"checkpoint_epoch{epoch}.pt", "latest.pt"])
             log.line(f"epoch {epoch}/{cfg.epochs} done at iteration {iteration}")
-        if cfg.max_steps and iteration >= cfg.max_steps:
-            break
 
     # ---------------------------------------------------------------- exit
     if result == "stopped":

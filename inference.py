@@ -116,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     chunk = args.chunk_seconds or None
     torch.set_grad_enabled(False)
 
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise SystemExit(f"error: --input {src} does not exist")
+
     # ---- models ----
     try:
         model, base, base_spec = load_codec_pair(args.checkpoint, args.base_model, not args.from_codes,
                                                  args.compare, DEFAULT_BASE)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from e
     codec = codec_config(model)
     if isinstance(model, SNAC):
         print(f"{args.checkpoint} holds a plain SNAC: encoding and decoding at its own {model.sampling_rate} Hz")
@@ -135,9 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     codec_rate = codec["sampling_rate"]
 
     # ---- inputs -> outputs ----
-    src, dst = Path(args.input), Path(args.output)
-    if not src.exists():
-        raise SystemExit(f"error: --input {src} does not exist")
     if src.is_dir():
         files = find_inputs(src, args.from_codes)
         if not files:

@@ -3,7 +3,8 @@
 #
 # usage: ./train_decoder_48khz.sh GPU|cpu [--config FILE] [--fresh] [trainer flags...]
 #
-#   GPU            GPU index as nvidia-smi numbers it (e.g. 0), or "cpu"
+#   GPU            GPU index as nvidia-smi numbers it (e.g. 0), or "cpu"; a list such as 0,1,2,3 runs
+#                  one DDP process per GPU under torchrun (CUDA_VISIBLE_DEVICES set to that list)
 #   --config FILE  trainer JSON config (default: configs/finetune_48khz.json); flags after it win
 #   --fresh        never resume: refuse if the run directory already holds checkpoints
 #   trainer flags  anything finetune_decoder_48khz.py accepts (see its --help), e.g.
@@ -29,7 +30,7 @@ die() { echo "error: $*" >&2; exit 2; }
 if [[ $# -lt 1 ]]; then usage >&2; exit 2; fi
 case "$1" in -h|--help) usage; exit 0 ;; esac
 DEVICE="$1"; shift
-[[ "$DEVICE" =~ ^([0-9]+|cpu)$ ]] || die "the first argument must be a GPU index (e.g. 0) or 'cpu', got '$DEVICE' (see --help)"
+[[ "$DEVICE" =~ ^([0-9]+(,[0-9]+)*|cpu)$ ]] || die "the first argument must be a GPU index (e.g. 0), a list (0,1,2,3) or 'cpu', got '$DEVICE' (see --help)"
 
 CONFIG="$ROOT/configs/finetune_48khz.json"
 FRESH=()
@@ -48,7 +49,9 @@ command -v uv >/dev/null 2>&1 || die "uv is not on PATH; install it (curl -LsSf 
 [[ -f "$CONFIG" ]] || die "config file $CONFIG does not exist; pass --config with an existing JSON (see $ROOT/configs/)"
 if [[ "$DEVICE" != cpu ]]; then
     command -v nvidia-smi >/dev/null 2>&1 || die "nvidia-smi not found, so GPU $DEVICE cannot be checked; install the NVIDIA driver or use 'cpu'"
-    nvidia-smi -i "$DEVICE" -L >/dev/null 2>&1 || die "GPU $DEVICE does not exist; nvidia-smi -L lists: $(nvidia-smi -L 2>/dev/null | cut -d'(' -f1 | paste -sd';' -)"
+    for gpu in ${DEVICE//,/ }; do
+        nvidia-smi -i "$gpu" -L >/dev/null 2>&1 || die "GPU $gpu does not exist; nvidia-smi -L lists: $(nvidia-smi -L 2>/dev/null | cut -d'(' -f1 | paste -sd';' -)"
+    done
 fi
 
 # Python pre-flight (the trainer's own config resolution and checks); prints shell assignments.
@@ -60,16 +63,26 @@ eval "$ASSIGN"
 
 LOG="$LOG_DIR/training.log"
 PID_FILE="$LOG_DIR/train.pid"
-ARGS=(--config "$CONFIG" --device "$DEVICE")
+ARGS=(--config "$CONFIG")
 ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
 if [[ -n "$RESUME" ]]; then ARGS+=(--resume "$RESUME"); fi
+if [[ "$DEVICE" == *,* ]]; then
+    # one process per listed GPU; each rank uses cuda:LOCAL_RANK of CUDA_VISIBLE_DEVICES
+    NPROC=$(( $(tr -cd , <<< "$DEVICE" | wc -c) + 1 ))
+    export CUDA_VISIBLE_DEVICES="$DEVICE"
+    RUNNER=(python -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+    ARGS+=(--device 0)
+else
+    RUNNER=(python)
+    ARGS+=(--device "$DEVICE")
+fi
 
-echo "===== $(date '+%Y-%m-%d %H:%M:%S') launch on $DEVICE: finetune_decoder_48khz.py ${ARGS[*]}" >> "$LOG"
+echo "===== $(date '+%Y-%m-%d %H:%M:%S') launch on $DEVICE: ${RUNNER[*]} finetune_decoder_48khz.py ${ARGS[*]}" >> "$LOG"
 # setsid: the run gets its own process group, so a closed SSH session or Ctrl-C in this shell
 # cannot reach it; uv forwards SIGTERM to the trainer, so 'kill PID' stops it cleanly.
 SETSID=()
 if command -v setsid >/dev/null 2>&1; then SETSID=(setsid); fi
-PYTHONUNBUFFERED=1 ${SETSID[@]+"${SETSID[@]}"} nohup uv run --project "$ROOT" python \
+PYTHONUNBUFFERED=1 ${SETSID[@]+"${SETSID[@]}"} nohup uv run --project "$ROOT" "${RUNNER[@]}" \
     "$ROOT/finetune_decoder_48khz.py" "${ARGS[@]}" >> "$LOG" 2>&1 < /dev/null &
 PID=$!
 echo "$PID" > "$PID_FILE"

@@ -31,7 +31,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from snac import SNAC  # noqa: E402
-from snac.cache import (LengthBuckets, WorkerSpec, list_shards, load_item, model_settings,  # noqa: E402
+from snac.cache import (PENDING_BATCHES, LengthBuckets, WorkerSpec, list_shards, load_item, model_settings,  # noqa: E402
                         run_worker)
 
 CFG24 = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
@@ -111,7 +111,7 @@ def main() -> None:
         # (a) encoder alone on preloaded batches, batched exactly as the worker batches
         items = [load_item(str(work / "audio"), f, f, model.sampling_rate, 48000) for f in files]
         sps = int(args.batch_seconds * model.sampling_rate)
-        buckets = LengthBuckets(model.pad_multiple, sps, 4 * sps)
+        buckets = LengthBuckets(model.pad_multiple, sps, PENDING_BATCHES * sps)
         groups = [b for it in items for b in buckets.add(it)] + buckets.flush()
         batches = []
         for g in groups:

@@ -73,9 +73,9 @@ def main() -> None:
     for name, model in (("SNAC", base), ("SNAC48", SNAC48.from_snac(base).eval())):
         ctx = decoder_context_frames(model)
         with noise_disabled(model):
-            whole, t_whole, m_whole = timed(lambda: decode_codes(model, codes, None, device=args.device))
+            whole, t_whole, m_whole = timed(lambda m=model: decode_codes(m, codes, None, device=args.device))
             chunked, t_chunk, m_chunk = timed(
-                lambda: decode_codes(model, codes, args.chunk_seconds, device=args.device))
+                lambda m=model: decode_codes(m, codes, args.chunk_seconds, device=args.device))
         torch.manual_seed(1)
         noisy_whole = decode_codes(model, codes, None, device=args.device)
         torch.manual_seed(1)

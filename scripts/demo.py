@@ -92,6 +92,8 @@ def utterance(seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray
     total = int(seconds * rate)
     while sum(len(p) for p in pieces) < total:
         kind = rng.choice(["vowel", "vowel", "fric", "pause"])
+        if kind == "pause" and (not pieces or not pieces[-1].any()):
+            kind = "vowel"  # no leading silence and no two pauses in a row
         n = int(rate * {"vowel": rng.uniform(0.08, 0.25), "fric": rng.uniform(0.05, 0.15),
                         "pause": rng.uniform(0.03, 0.12)}[kind])
         if kind == "vowel":
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=24, help="utterances to generate")
     p.add_argument("--epochs", type=int, default=4, help="training epochs (the first is warmup)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per step process (default: 1 for the tiny model, where more threads "
+                        "only spin against each other; all cores for the published one)")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (one warmup epoch, then the unfreeze phase)")
@@ -181,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = out / "logs"
     logs.mkdir()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    threads = args.threads or (1 if args.pretrained_model is None else None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if args.pretrained_model is None:
         env.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tiny demo needs the network
     steps = Steps(logs, env)

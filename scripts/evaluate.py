@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(base, SNAC):
                 raise ValueError(f"--base_model {base_spec} is not a base SNAC with an encoder")
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from e
     base = base.to(device)
     systems: dict[str, torch.nn.Module] = {f"stock {base.sampling_rate // 1000} kHz": base}
     if model is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SystemExit(f"error: {path} is not a readable training checkpoint ({str(e).splitlines()[0]})")
+        raise SystemExit(f"error: {path} is not a readable training checkpoint ({str(e).splitlines()[0]})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise SystemExit(f"error: {path} is not a checkpoint of finetune_decoder_48khz.py "
                          "(no 'model' / 'model_config'); pass e.g. runs/<run>/best_model.pt")
@@ -81,7 +80,6 @@ def model_card(ckpt: dict, model, hours: dict, val: dict | None, checkpoint: Pat
     rate = model.sampling_rate
     is48 = isinstance(model, SNAC48)
     base_rate = model.base_sampling_rate if is48 else model.sampling_rate
-    loader = "SNAC48" if is48 else "SNAC"
     base_is_hub = isinstance(base, str) and base.count("/") == 1 and not Path(base).exists()
     lines = ["---", "license: mit", "library_name: pytorch",
              "tags:", "- audio", "- speech", "- neural-audio-codec", "- snac"]
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(checkpoint)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from e
     run_dir = checkpoint.resolve().parent
     config = ckpt.get("config") or {}
     hours = data_hours(config, Path.cwd()) or data_hours(config, run_dir)

@@ -80,6 +80,11 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def gpu_set(device: str) -> set[str]:
+    """'0,2' -> {'0', '2'}; 'cpu' -> empty."""
+    return set() if device == "cpu" else {d for d in device.split(",") if d}
+
+
 def launched_runs(logs_root: Path) -> list[Path]:
     return sorted(p.parent for p in logs_root.glob("*/launch.json"))
 
@@ -113,9 +118,10 @@ def check_live_runs(logs_root: Path, out: Path, device: str, log_dir: Path) -> l
         if other_out == out:
             raise LaunchError(f"a live run (PID {pid}) already writes to {out}; follow it with "
                               f"'tail -f {run_log / 'training.log'}' or stop it with 'kill {pid}' first")
-        if device != "cpu" and str(info.get("device")) == device:
-            raise LaunchError(f"GPU {device} is in use by the live run {other_out} (PID {pid}); choose "
-                              f"another GPU or stop it with 'kill {pid}'")
+        shared = gpu_set(device) & gpu_set(str(info.get("device", "cpu")))
+        if shared:
+            raise LaunchError(f"GPU {','.join(sorted(shared))} is in use by the live run {other_out} (PID {pid}); "
+                              f"choose another GPU or stop it with 'kill {pid}'")
     # a run started by hand (not through the launcher) still marks its directory in status.json
     status = read_json(out / "status.json") or {}
     if status.get("state") == "running" and pid_alive(status.get("pid")):
@@ -136,7 +142,9 @@ def preflight(args: argparse.Namespace) -> str:
     if trainer_args and trainer_args[0] == "--":
         trainer_args = trainer_args[1:]
     try:
-        cfg = resolve_config(trainer_args + ["--device", args.device])
+        # several GPUs run under torchrun, where each rank takes its LOCAL_RANK GPU: --device 0
+        trainer_device = "cpu" if args.device == "cpu" else "0" if "," in args.device else args.device
+        cfg = resolve_config(trainer_args + ["--device", trainer_device])
     except (ConfigError, SystemExit) as e:
         raise LaunchError(f"bad trainer flags: {e}") from e
     out = Path(cfg.output_dir).resolve()
@@ -213,21 +221,25 @@ def last_error_line(log: Path | None) -> str | None:
 
 
 def gpu_lines(device: str | None) -> list[str]:
-    """GPU memory and utilisation from nvidia-smi for the run's GPU index, when there is one."""
+    """GPU memory and utilisation from nvidia-smi for the run's GPU indices (as nvidia-smi numbers them)."""
     if not device or not shutil.which("nvidia-smi"):
         return []
-    index = device.split()[0].replace("cuda:", "")
-    if not index.isdigit():
+    indices = device.split()[0].replace("cuda:", "")
+    if not all(i.isdigit() for i in indices.split(",")):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "-i", index, "--query-gpu=name,memory.used,memory.total,utilization.gpu",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["nvidia-smi", "-i", indices, "--query-gpu=index,name,memory.used,memory.total,"
+                              "utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    if out.returncode != 0 or not out.stdout.strip():
+    if out.returncode != 0:
         return []
-    name, used, total, util = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
-    return [f"gpu          {index} {name}: {used}/{total} MiB, {util}% utilisation"]
+    lines = []
+    for row in out.stdout.strip().splitlines():
+        index, name, used, total, util = [v.strip() for v in row.split(",")]
+        lines.append(f"gpu          {index} {name}: {used}/{total} MiB, {util}% utilisation")
+    return lines
 
 
 def run_state(status: dict | None, alive: bool, log: Path | None) -> tuple[str, str | None]:
@@ -268,6 +280,9 @@ def describe(run_dir: Path, logs_root: Path, plot: bool) -> list[str]:
         lines.append(f"pid          {pid or '-'} (launcher process group), trainer {trainer_pid or '-'}")
     device = s.get("device") or (launch or {}).get("device")
     lines.append(f"device       {device or '-'}")
+    # nvidia-smi numbering: the launcher's GPU list (the trainer's own name may be remapped by
+    # CUDA_VISIBLE_DEVICES under torchrun)
+    smi_device = (launch or {}).get("device") or device
     if s.get("start_time"):
         end = now if alive else s.get("update_time", now)
         lines.append(f"uptime       {age(end - s['start_time'])} (started "
@@ -289,7 +304,7 @@ def describe(run_dir: Path, logs_root: Path, plot: bool) -> list[str]:
     logs = [str(p) for p in (nohup_log, run_log if run_log.is_file() else None) if p]
     lines.append(f"log          {' | '.join(logs) if logs else '-'}")
     if alive:
-        lines += gpu_lines(str(device) if device else None)
+        lines += gpu_lines(str(smi_device) if smi_device else None)
         if pid:
             lines.append(f"follow       tail -f {nohup_log or run_log}    stop: kill {pid}")
     if plot:

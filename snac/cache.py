@@ -63,6 +63,7 @@ SHARD_SUFFIX = ".parquet"
 INDEX_PREFIX = "index-"
 INDEX_VERSION = 2
 LOCK_NAME = ".lock"
+PENDING_BATCHES = 16  # a worker holds at most this many batches of loaded audio
 # A row up to this size is read whole with one pread and sliced; longer rows per codebook.
 _WHOLE_ROW_BYTES = 1 << 16
 # A worker writes its buffer as a shard once it holds this much wall time of work, so a crash
@@ -589,6 +590,17 @@ def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
     final = cache_dir / f"{INDEX_PREFIX}{_shard_digest(shards, manifest)}"
     if final.is_dir() and not force:
         return final
+    import fcntl
+
+    # several processes opening a new cache at once (DDP ranks): one builds, the others wait
+    with open(cache_dir / ".index-build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir() and not force:
+            return final
+        return _build_index_locked(cache_dir, manifest, shards, final)
+
+
+def _build_index_locked(cache_dir: Path, manifest: dict, shards: list[Path], final: Path) -> Path:
     strides = manifest["vq_strides"]
     ratios = [strides[0] // s for s in strides]
     dtype = np.dtype(manifest.get("code_dtype", "int16"))
@@ -671,12 +683,9 @@ def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
             "index_version": INDEX_VERSION, "rows": n, "code_dtype": dtype.name,
             "vq_strides": strides, "embed_audio": embed, "shards": [s.name for s in shards],
             "created": _now()})
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not "someone else built it first"
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        if final.is_dir():  # --force: replace the old copy
+            shutil.rmtree(final)
+        os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -736,6 +745,11 @@ class CodeCache:
         if not m.get("rows") and not list_shards(self.cache_dir):
             raise ValueError(f"code cache {self.cache_dir} holds 0 rows ({len(m.get('rejected', []))} files "
                              "rejected); check the input audio and re-run cache_codes_multigpu.py")
+        if m.get("complete") is False:
+            import warnings
+            warnings.warn(f"code cache {self.cache_dir} is incomplete ({m.get('missing')} listed files neither "
+                          f"cached nor rejected, failed workers {m.get('failed_workers')}); rerun the same "
+                          "cache_codes_multigpu.py command to finish it", stacklevel=2)
         self.vq_strides: list[int] = list(m["vq_strides"])
         self.num_codebooks: int = len(self.vq_strides)
         self.hop_length: int = int(m["hop_length"])
@@ -971,16 +985,20 @@ def parse_devices(devices: str | None) -> list[str]:
     return out
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent dies (the launcher, or the forkserver, which exits
-    with the launcher), so no orphan keeps writing shards while a rerun resumes (its buffered
-    rows are simply redone)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+def _exit_with_launcher(lifeline) -> None:
+    """Exit at once when the launcher dies, so no orphan keeps writing shards while a rerun
+    resumes (its buffered rows are simply redone). ``lifeline`` is the read end of a pipe whose
+    only write end the launcher holds: it reads EOF when the launcher is gone, however it died.
+    (PR_SET_PDEATHSIG would not do: a forkserver child's parent is the forkserver, which the
+    worker itself keeps alive.)"""
+    def watch() -> None:
+        try:
+            lifeline.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(70)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
@@ -1011,7 +1029,9 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     writer = ShardWriter(out, spec.worker_index, schema, spec.shard_rows)
     encoder = BatchEncoder(model, spec.device, s["pad_multiple"], s["codebook_size"])
     batch_samples = int(spec.batch_seconds * s["model_sample_rate"])
-    buckets = LengthBuckets(s["pad_multiple"], batch_samples, 4 * batch_samples)
+    # Speech spans ~100 padded lengths; holding up to 16 batches of audio (~90 MB at 60 s, 24 kHz)
+    # lets buckets fill before the fullest is sent early.
+    buckets = LengthBuckets(s["pad_multiple"], batch_samples, PENDING_BATCHES * batch_samples)
     reject_path = _reject_log(out, spec.worker_index)
     reject_path.parent.mkdir(parents=True, exist_ok=True)
     stats = collections.Counter()
@@ -1067,7 +1087,6 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
         except Exception as e:  # anything else a decoder library throws: still one file's problem
             return (item[0], f"cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
-    parent = os.getppid()
     ahead = max(4, 4 * spec.io_threads)
     with ThreadPoolExecutor(spec.io_threads, thread_name_prefix="load") as pool:
         inflight: collections.deque = collections.deque()
@@ -1087,8 +1106,6 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
             else:
                 for batch in buckets.add(res):
                     emit(batch)
-            if events is not None and os.getppid() != parent:  # launcher gone (non-Linux fallback)
-                stop.set()
         for f in inflight:
             f.cancel()
     for batch in buckets.flush():  # also on a graceful stop: the loaded items are cached
@@ -1121,8 +1138,8 @@ def worker_context():
     return mp.get_context("spawn")
 
 
-def _worker_entry(spec: WorkerSpec, events) -> None:
-    _die_with_parent()
+def _worker_entry(spec: WorkerSpec, events, lifeline) -> None:
+    _exit_with_launcher(lifeline)
     try:
         run_worker(spec, events)
     except BaseException as e:
@@ -1144,7 +1161,7 @@ class _Progress:
         if sys.stdout.isatty() and total_files:
             from tqdm import tqdm
             self.bar = tqdm(total=0.0, unit="h", desc="audio cached", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}] {postfix}")
+                            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]{postfix}")
 
     def update(self, delta: dict) -> None:
         self.files += delta.get("files", 0)
@@ -1311,10 +1328,14 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     ctx = worker_context()
     events = ctx.Queue()
     procs = {}
+    lifelines = []  # write ends; closing them (or dying) tells the workers to exit
     for spec in specs:
         if spec.items:
-            p = ctx.Process(target=_worker_entry, args=(spec, events), name=f"cache-worker-{spec.worker_index}")
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_worker_entry, args=(spec, events, r), name=f"cache-worker-{spec.worker_index}")
             p.start()
+            r.close()
+            lifelines.append(w)
             procs[spec.worker_index] = p
     progress = _Progress(todo, cfg.log_every, "[cache]" if not distributed else f"[cache rank {rank}]")
     results: dict[int, dict] = {}
@@ -1362,6 +1383,8 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         progress.close()
+        for w in lifelines:
+            w.close()
     failed = sorted(g for g, p in procs.items() if p.exitcode != 0 or g not in results)
     device_of = {s.worker_index: s.device for s in specs}
     for g in failed:

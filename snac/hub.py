@@ -16,10 +16,12 @@ WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 def _hub_download(repo_id: str, filename: str) -> str | None:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return hf_hub_download(repo_id, filename)
+    except LocalEntryNotFoundError:
+        raise  # offline and not cached: not "the repo lacks this file" (it subclasses EntryNotFoundError)
     except EntryNotFoundError:
         return None
 

@@ -7,7 +7,6 @@ valid length, and the value is the same however items are split into batches or 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 EPS = 1e-5  # magnitude floor: log(|S| + EPS) stays finite on silence
 

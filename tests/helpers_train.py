@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -135,8 +136,6 @@ def run_script(args: list[str], env: dict | None = None, timeout: float = 120,
 def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
 
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -75,9 +75,11 @@ def test_short_items_are_padded_on_every_scale_and_masked(config):
     assert item["mask"].sum() == m * p - short_audio
 
 
-def test_real_cache_windows_equal_slices_of_the_whole_row(tmp_path):
+@pytest.mark.parametrize("embed_audio", [False, True])
+def test_real_cache_windows_equal_slices_of_the_whole_row(tmp_path, embed_audio):
     model = tiny_snac()
-    cache = CodeCache(write_cache(tmp_path / "c", model, [0.3, 0.7]), expected_model_config=model.config)
+    cache = CodeCache(write_cache(tmp_path / "c", model, [0.3, 0.7], embed_audio=embed_audio),
+                      expected_model_config=model.config)
     g = WindowGeometry.from_configs(model.config, cache.target_sample_rate, 48000)
     dataset = WindowDataset(cache, g)
     full_codes, full_audio = cache.codes(1), cache.audio(1)

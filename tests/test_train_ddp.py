@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers_train import (base_args, one_thread, pycache_env, read_metrics, run_script,  # noqa: F401
+from helpers_train import (SCRIPT, base_args, one_thread, pycache_env, read_metrics, run_script,  # noqa: F401
                            save_tiny_model, tiny_snac, write_cache)
 from snac.checkpoint import load_checkpoint
 
@@ -26,7 +26,7 @@ def test_two_gloo_processes_then_resume_on_one(data, tmp_path, pycache_env):
     args = base_args(data["root"], data["model"], data["train"], data["val"], out, batch_size=2, epochs=3,
                      checkpoint_every=4, val_examples=1, max_steps=5)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                str(base_args.__globals__["SCRIPT"])]
+                str(SCRIPT)]
     proc = run_script(args, env=pycache_env, module=torchrun, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (out / "training.log").read_text()
