@@ -594,7 +594,10 @@ def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
 
     # several processes opening a new cache at once (DDP ranks): one builds, the others wait
     with open(cache_dir / ".index-build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a filesystem without locks: concurrent builders still end atomically (rename)
         if final.is_dir() and not force:
             return final
         return _build_index_locked(cache_dir, manifest, shards, final)
@@ -685,7 +688,12 @@ def _build_index_locked(cache_dir: Path, manifest: dict, shards: list[Path], fin
             "created": _now()})
         if final.is_dir():  # --force: replace the old copy
             shutil.rmtree(final)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # anything but "another builder finished first"
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
