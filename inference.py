@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from snac import SNAC
 from snac.audio import AUDIO_EXTENSIONS, load_audio, resample
-from snac.inference import (CODES_SUFFIX, codec_config, config_difference, decode_codes, encode_audio,
+from snac.inference import (CODES_SUFFIX, codec_config, config_difference, encode_audio,
                             iter_decode, load_codec_pair, load_codes, same_codec, save_codes)
 
 DEFAULT_BASE = "hubertsiuzdak/snac_24khz"
@@ -178,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                             "source_num_samples": src_len, "source": str(path)})
             if args.compare:
                 torch.manual_seed(args.seed)
-                stock = decode_codes(base, codes, chunk, device=device)
                 stock_len = math.ceil(src_len * base.sampling_rate / src_rate)
                 stock_out = out.with_name(f"{output_stem(out)}.stock_{base.sampling_rate // 1000}khz.wav")
-                write_stream(stock_out, [stock], base.sampling_rate, stock_len, args.subtype)
+                write_stream(stock_out, iter_decode(base, codes, chunk, device=device), base.sampling_rate,
+                             stock_len, args.subtype)
             seconds += src_len / src_rate
         except Exception as e:  # one bad file must not stop a folder run; say which and why
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
