@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-5  # magnitude floor: log(|S| + EPS) stays finite on silence
+# Spectral convergence divides by the target's spectral norm; on a silent or near-silent window
+# that norm is ~0 and the ratio explodes (a 1e7 loss spike was seen on a window of silence).
+# The denominator is floored at the norm of white noise at this RMS (-40 dBFS) over the window.
+SC_FLOOR_RMS = 1e-2
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -40,7 +44,11 @@ def stft_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     total = pred.new_zeros(pred.shape[0])
     for n_fft in n_ffts:
         s_p, s_t = _magnitude(pred, n_fft), _magnitude(target, n_fft)
-        sc = (s_t - s_p).flatten(1).norm(dim=1) / s_t.flatten(1).norm(dim=1).clamp_min(EPS)
+        # white noise of RMS r: E|S|^2 = r^2 * sum(window^2) in each of the n_fft/2+1 bins of
+        # each of the valid/hop frames
+        window_energy = torch.hann_window(n_fft, device=pred.device).pow(2).sum()
+        floor = SC_FLOOR_RMS * (valid / (n_fft // 4) * window_energy * (n_fft // 2 + 1)).clamp_min(1.0).sqrt()
+        sc = (s_t - s_p).flatten(1).norm(dim=1) / torch.maximum(s_t.flatten(1).norm(dim=1), floor)
         frames = s_t.shape[-1]
         centres = torch.arange(frames, device=pred.device) * (n_fft // 4)  # frame f is centred at f*hop
         frame_mask = (centres[None, :] < valid[:, None]).float()  # (B, frames)

@@ -45,3 +45,20 @@ def test_losses_are_means_of_per_item_values_so_batching_does_not_matter():
                                   reduce=False) for i in (0, 2)]
     for k in whole:
         assert torch.allclose(whole[k], torch.cat([h[k] for h in halves]), atol=1e-6)
+
+
+def test_silent_target_does_not_explode_spectral_convergence():
+    """A window of digital silence once gave a 1e7 STFT loss: the SC denominator is floored."""
+    t = 8192
+    target = torch.zeros(2, 1, t)
+    target[1] = 0.3 * torch.randn(1, t, generator=torch.Generator().manual_seed(1))
+    pred = target + 1e-2 * torch.randn(2, 1, t, generator=torch.Generator().manual_seed(2))  # -40 dB noise
+    per_item = reconstruction_loss(pred, target, torch.ones_like(target), N_FFTS, 0.0, 1.0, reduce=False)
+    assert torch.isfinite(per_item["loss/stft"]).all()
+    # log term ~ log(|S_p| / 1e-5) ~ 8.5; SC is ~1 at the -40 dB floor instead of |S_p| / 1e-5
+    assert per_item["loss/stft"][0] < 12.0
+    # on a loud target the floor is far below the target's norm: plain spectral convergence
+    from snac.losses import _magnitude
+    s_t, s_p = _magnitude(target[1], 64), _magnitude(pred[1], 64)
+    plain_sc = float((s_t - s_p).norm() / s_t.norm())
+    assert plain_sc < 0.1
