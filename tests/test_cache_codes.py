@@ -247,3 +247,18 @@ def test_limit_rerun_refusal_and_overwrite(corpus, tmp_path):
     assert run_cli(*common, "--overwrite", "--limit", 3) == 0
     _assert_complete(cache, set(first[:3]))
     assert (cache / "keep_me.txt").exists()
+
+
+def test_file_list_paths_and_row_ids(tmp_path):
+    from snac.cache import make_row_ids, read_file_list
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    listing = tmp_path / "data" / "list.txt"
+    listing.write_text(f"# comment\na/x.wav\n\n{tmp_path / 'data' / 'a' / 'y.flac'}\na/x.wav\n")
+    root, files = read_file_list(listing)
+    assert root == str(tmp_path / "data" / "a") and files == ["x.wav", "y.flac"]
+    root, files = read_file_list(listing, tmp_path / "data")
+    assert root == str(tmp_path / "data") and files == ["a/x.wav", "a/y.flac"]
+    with pytest.raises(ValueError, match="outside the input root"):
+        read_file_list(listing, tmp_path / "data" / "a" / "deeper")
+    assert make_row_ids(["s/u1.wav", "s/u2.wav", "s/u2.flac"]) == ["s/u1", "s/u2.wav", "s/u2.flac"]
