@@ -111,10 +111,15 @@ def write_stream(path: Path, chunks, rate: int, length: int, subtype: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a context, not torch.set_grad_enabled(False): callers in the same process keep autograd
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     chunk = args.chunk_seconds or None
-    torch.set_grad_enabled(False)
 
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():

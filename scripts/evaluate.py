@@ -135,8 +135,13 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a context, not torch.set_grad_enabled(False): callers in the same process keep autograd
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     device = device_of(args.device)
     root = Path(args.input_dir)
     if not root.is_dir():
