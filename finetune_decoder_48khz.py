@@ -256,16 +256,20 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, resume: dict, cfg: Train
     """Load optimizer (+ OneCycleLR in the unfreeze phase) state; returns the scheduler or None.
 
     With another world size the steps per epoch change; the rest of the LR curve is then fitted
-    onto the steps now remaining, so it still ends exactly at the last step."""
+    onto the steps now remaining, so it still ends exactly at the last step. In the same world
+    the planned total is kept (bit-exact resume) unless the plan changed under the run (batch size,
+    curriculum, --limit, epochs): the total then grows to the steps done + the steps now left, so
+    OneCycleLR never steps past its end (it raises there)."""
     scheduler = None
     if resume["phase"] == "unfreeze":
-        total = unfreeze_steps
-        if not same_world:
-            e = plan.epochs[min(sampler.epoch, cfg.epochs - 1)]
+        remaining = 0
+        if sampler.epoch < cfg.epochs:
+            e = plan.epochs[sampler.epoch]
             sampler.configure(e["tokens"], e["batch"], plan.geometry.token_multiple)
-            remaining = sampler.batches_left() + sum(x["steps"] for x in plan.epochs[sampler.epoch + 1:]
-                                                     if x["phase"] == "unfreeze")
-            total = int(resume["scheduler"]["last_epoch"]) + remaining
+            remaining = ((sampler.batches_left() if e["phase"] == "unfreeze" else 0)
+                         + sum(x["steps"] for x in plan.epochs[sampler.epoch + 1:] if x["phase"] == "unfreeze"))
+        needed = int(resume["scheduler"]["last_epoch"]) + remaining
+        total = max(unfreeze_steps, needed) if same_world else needed
         scheduler = make_scheduler(optimizer, cfg, total)
         fitted = scheduler.state_dict()
     # after building the scheduler (which rewrites the lr): the saved lr comes back
@@ -678,8 +682,8 @@ def _train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: to
                      "items": val["items"], "val_s": clock() - t0, "time": time.time()})
         log.examples(kept, cfg.target_sample_rate, current_iteration)
         log.update_status(val_loss=last_val, best_val_loss=None if math.isinf(best_val) else best_val)
-        if improved:
-            save(["best_model.pt"])
+        if improved:  # latest.pt too: a stop right after this save must still leave it current
+            save(["best_model.pt", "latest.pt"])
 
     # ---------------------------------------------------------------- the loop
     loop_start, loop_start_iteration = clock(), iteration
