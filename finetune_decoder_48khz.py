@@ -347,6 +347,8 @@ def run_validation(model: nn.Module, loader, device: torch.device, cfg: TrainCon
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, l1, stft, items
     kept: list[dict] = []
     devices = [device.index] if device.type == "cuda" else []
+    was_training = model.training
+    model.eval()  # no mode-dependent layer today (noise is drawn in both modes); keeps it honest
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
         for batch in loader:
@@ -363,6 +365,7 @@ def run_validation(model: nn.Module, loader, device: torch.device, cfg: TrainCon
                 valid = int(b["mask"][i].sum())
                 kept.append({"row": int(batch["rows"][i]), "target": b["audio"][i, 0, :valid].float().cpu(),
                              "pred": pred[i, 0, :valid].float().cpu()})
+    model.train(was_training)
     all_reduce_sum(sums)
     n = max(sums[3].item(), 1.0)
     return {"loss/total": sums[0].item() / n, "loss/l1": sums[1].item() / n,
