@@ -1358,33 +1358,29 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
                 os.kill(p.pid, signal.SIGTERM)
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def dispatch(kind: str, g: int, payload) -> None:
+        if kind == "progress":
+            progress.update(payload)
+        elif kind == "done":
+            results[g] = payload
+        elif kind == "error":
+            errors[g] = payload
+
     try:
         while True:
             try:
-                kind, g, payload = events.get(timeout=1.0)
+                dispatch(*events.get(timeout=1.0))
             except queue_module.Empty:
                 if all(not p.is_alive() for p in procs.values()):
                     break
                 if time.monotonic() - progress.last_log >= cfg.log_every:
                     progress.log()
-                continue
-            if kind == "progress":
-                progress.update(payload)
-            elif kind == "done":
-                results[g] = payload
-            elif kind == "error":
-                errors[g] = payload
         while True:  # drain messages sent just before the last exit
             try:
-                kind, g, payload = events.get(timeout=0.2)
+                dispatch(*events.get(timeout=0.2))
             except queue_module.Empty:
                 break
-            if kind == "progress":
-                progress.update(payload)
-            elif kind == "done":
-                results[g] = payload
-            elif kind == "error":
-                errors[g] = payload
         for p in procs.values():
             p.join()
     finally:
