@@ -32,7 +32,8 @@ from torch import nn
 
 from snac import SNAC, SNAC48, load_model
 from snac.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, maybe_fault,
-                             link_atomic, rng_state, rotate_checkpoints, save_checkpoint, set_rng_state)
+                             link_atomic, rng_state, rotate_checkpoints, save_checkpoint, set_aside_newer,
+                             set_rng_state)
 from snac.data import (WindowDataset, WindowGeometry, WindowSampler, batched, collate_windows,
                        validation_items)
 from snac.distributed import (DistInfo, agree_any, all_reduce_sum, barrier, cleanup, gather_objects,
@@ -517,6 +518,10 @@ def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for p in clean_stale_temps(out):
             print(f"removed stale temporary file {p.name} (left by a crash during a save)", flush=True)
+        if plan.resume_state is not None:
+            for old, new in set_aside_newer(out, int(plan.resume_state["iteration"])):
+                print(f"resuming an older checkpoint: renamed {old.name} (a later iteration) to {new.name}",
+                      flush=True)
     barrier()
     precision = cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
 

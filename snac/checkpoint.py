@@ -139,6 +139,28 @@ def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Pat
     return removed
 
 
+def set_aside_newer(directory: str | os.PathLike, iteration: int) -> list[tuple[Path, Path]]:
+    """Rename checkpoints of a later iteration than ``iteration`` to ``abandoned-<name>``.
+
+    Resuming an OLDER checkpoint explicitly abandons what came after it; left in place, those
+    files would outrank the new run in ``--resume auto`` and in rotation (and a later best could
+    overwrite the abandoned ``best_model.pt``). Renamed, not deleted: nothing finished is lost.
+    """
+    moved = []
+    for p in sorted(Path(directory).iterdir()):
+        if not (RESUMABLE.match(p.name) or p.name == "best_model.pt"):
+            continue
+        try:
+            later = int(load_checkpoint(p, mmap=True)["iteration"]) > iteration
+        except (ValueError, KeyError, TypeError):
+            continue
+        if later:
+            target = p.with_name(f"abandoned-{p.name}")
+            os.replace(p, target)
+            moved.append((p, target))
+    return moved
+
+
 def clean_stale_temps(directory: str | os.PathLike) -> list[Path]:
     """Remove temp files left by a crash during a save (call before any save of this run)."""
     directory = Path(directory)

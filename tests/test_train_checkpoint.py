@@ -11,7 +11,7 @@ import torch
 from helpers_train import REPO, one_thread, tiny_snac  # noqa: F401
 from snac import load_model
 from snac.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, rng_state,
-                             rotate_checkpoints, save_checkpoint, set_rng_state)
+                             rotate_checkpoints, save_checkpoint, set_aside_newer, set_rng_state)
 
 
 def state(iteration: int) -> dict:
@@ -59,3 +59,17 @@ def test_snac_load_model_reads_a_training_checkpoint(tmp_path):
                     tmp_path / "c.pt")
     loaded = load_model(tmp_path / "c.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_resuming_an_older_checkpoint_sets_later_ones_aside_without_deleting(tmp_path):
+    for it in (100, 200, 300):
+        save_checkpoint(state(it), tmp_path / f"checkpoint_iter{it}.pt")
+    save_checkpoint(state(300), tmp_path / "latest.pt")
+    save_checkpoint(state(250), tmp_path / "best_model.pt")
+    moved = set_aside_newer(tmp_path, 100)
+    assert sorted(new.name for _, new in moved) == ["abandoned-best_model.pt", "abandoned-checkpoint_iter200.pt",
+                                                    "abandoned-checkpoint_iter300.pt", "abandoned-latest.pt"]
+    assert find_latest_checkpoint(tmp_path).name == "checkpoint_iter100.pt"
+    assert load_checkpoint(tmp_path / "abandoned-checkpoint_iter300.pt")["iteration"] == 300  # kept
+    assert rotate_checkpoints(tmp_path, keep_last=1) == []  # abandoned files are not rotated
+    assert set_aside_newer(tmp_path, 100) == []
