@@ -33,7 +33,7 @@ from torch import nn
 from snac import SNAC, SNAC48, load_model
 from snac.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, maybe_fault,
                              link_atomic, rng_state, rotate_checkpoints, save_checkpoint, set_aside_newer,
-                             set_rng_state)
+                             set_rng_state, write_json_atomic)
 from snac.data import (WindowDataset, WindowGeometry, WindowSampler, batched, collate_windows,
                        validation_items)
 from snac.distributed import (DistInfo, agree_any, all_reduce_sum, barrier, cleanup, gather_objects,
@@ -374,14 +374,6 @@ def run_validation(model: nn.Module, loader, device: torch.device, cfg: TrainCon
 
 
 # ============================================================================ run directory I/O
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def json_safe(row: dict) -> dict:
     """NaN/inf -> None, so every line stays strict JSON (jq, JSON.parse)."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}

@@ -135,7 +135,7 @@ def check_live_runs(logs_root: Path, out: Path, device: str, log_dir: Path) -> l
 
 
 def preflight(args: argparse.Namespace) -> str:
-    from snac.checkpoint import find_latest_checkpoint
+    from snac.checkpoint import find_latest_checkpoint, write_json_atomic
     from snac.train_config import ConfigError, resolve_config
 
     trainer_args = list(args.trainer_args)
@@ -180,9 +180,7 @@ def preflight(args: argparse.Namespace) -> str:
     launch = {"output_dir": str(out), "device": args.device, "config": cfg.config,
               "trainer_args": trainer_args + (["--resume", "auto"] if resume else []),
               "time": time.time(), "resume": resume or cfg.resume}
-    tmp = log_dir / "launch.json.tmp"
-    tmp.write_text(json.dumps(launch, indent=2) + "\n")
-    os.replace(tmp, log_dir / "launch.json")
+    write_json_atomic(log_dir / "launch.json", launch)
     for note in notes:
         print(note, file=sys.stderr)
     return (f"OUTPUT_DIR={shlex.quote(str(out))}; LOG_DIR={shlex.quote(str(log_dir))}; "

@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 
 from .audio import (AUDIO_EXTENSIONS, AudioError, audio_info, decode_flac, encode_flac, load_audio,
                     read_window, resample, resampled_length)
+from .checkpoint import write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -93,16 +94,6 @@ def shard_schema(num_codebooks: int, codebook_size: int, embed_audio: bool,
         fields.append(pa.field("audio", pa.binary()))
     meta = {b"snac_cache": json.dumps(metadata).encode()} if metadata else None
     return pa.schema(fields, metadata=meta)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _now() -> str:
@@ -512,7 +503,7 @@ def write_manifest(cache_dir: str | os.PathLike, settings: dict, run: dict | Non
         "created": _now(),
         **run,
     })
-    _atomic_write_json(cache_dir / MANIFEST_NAME, manifest)
+    write_json_atomic(cache_dir / MANIFEST_NAME, manifest, durable=True)
     return manifest
 
 
@@ -682,10 +673,10 @@ def _build_index_locked(cache_dir: Path, manifest: dict, shards: list[Path], fin
         if embed:
             np.save(tmp / "audio_start.npy", audio_start_old[order])
             np.save(tmp / "audio_size.npy", audio_size_old[order])
-        _atomic_write_json(tmp / "index.json", {
+        write_json_atomic(tmp / "index.json", {
             "index_version": INDEX_VERSION, "rows": n, "code_dtype": dtype.name,
             "vq_strides": strides, "embed_audio": embed, "shards": [s.name for s in shards],
-            "created": _now()})
+            "created": _now()}, durable=True)
         if final.is_dir():  # --force: replace the old copy
             shutil.rmtree(final)
         try:
@@ -1294,7 +1285,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
                 raise ValueError(f"{out} holds a cache made with different {', '.join(diff)} "
                                  f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); pass --overwrite "
                                  "to start over or choose another --output_dir")
-        _atomic_write_json(settings_path, settings)
+        write_json_atomic(settings_path, settings, durable=True)
         for tmp in out.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}.tmp-*"):  # left by a killed run
             tmp.unlink()
         # ---- resume: skip files already in complete shards ----
@@ -1475,7 +1466,7 @@ def write_synthetic_cache(out_dir: str | os.PathLike, num_rows: int, model_confi
             values = rng.integers(0, settings["codebook_size"], int(offsets[-1]), dtype=dtype)
             cols[codes_column(j)] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
         pq.write_table(pa.table(cols, schema=schema), out / shard_name(0, k), compression="zstd")
-    _atomic_write_json(out / SETTINGS_NAME, settings)
+    write_json_atomic(out / SETTINGS_NAME, settings, durable=True)
     return write_manifest(out, settings, {"synthetic": True})
 
 

@@ -9,6 +9,7 @@ leaves either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import re
@@ -137,6 +138,21 @@ def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Pat
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
+
+
+def write_json_atomic(path: str | os.PathLike, obj, durable: bool = False) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it over: readers never see half a
+    file. ``durable`` also fsyncs (manifests, settings) — not needed for a status file rewritten
+    every log step."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def set_aside_newer(directory: str | os.PathLike, iteration: int) -> list[tuple[Path, Path]]:

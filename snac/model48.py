@@ -17,7 +17,6 @@ decoder's output, and the samples between interpolate its pre-tanh signal.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 

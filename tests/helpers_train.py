@@ -173,3 +173,11 @@ def pycache_env(tmp_path_factory) -> dict:
     """Subprocess env whose bytecode cache lives under pytest's tmp dir: the environment sets
     PYTHONDONTWRITEBYTECODE, and recompiling torch costs each child process ~5 s."""
     return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(tmp_path_factory.mktemp("pycache"))}
+
+
+def small_run_data(root, val_durations: list[float]) -> dict:
+    """A tiny model in hub layout plus an 8-row train cache and a val cache, under ``root``."""
+    model = tiny_snac()
+    return {"root": root, "model": save_tiny_model(root / "model"),
+            "train": write_cache(root / "train", model, [0.5, 0.8, 1.0, 0.3, 1.2, 0.6, 0.9, 0.7], seed=1),
+            "val": write_cache(root / "val", model, val_durations, seed=2)}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers_train import (SCRIPT, REPO, base_args, config, load_trainer, one_thread, pycache_env,  # noqa: F401
-                           read_metrics, run_script, save_tiny_model, tiny_snac, write_cache)
+                           read_metrics, run_script, small_run_data)
 from snac.checkpoint import load_checkpoint
 
 trainer = load_trainer()
@@ -18,11 +18,7 @@ trainer = load_trainer()
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    model = tiny_snac()
-    return {"root": root, "model": save_tiny_model(root / "model"),
-            "train": write_cache(root / "train", model, [0.5, 0.8, 1.0, 0.3, 1.2, 0.6, 0.9, 0.7], seed=1),
-            "val": write_cache(root / "val", model, [0.5, 0.6, 0.4], seed=2)}
+    return small_run_data(tmp_path_factory.mktemp("data"), [0.5, 0.6, 0.4])
 
 
 def flags(data, out, **overrides) -> list[str]:

@@ -3,7 +3,7 @@ and OneCycleLR must never run past its end after a resume whose curriculum chang
 
 import pytest
 
-from helpers_train import config, load_trainer, one_thread, save_tiny_model, tiny_snac, write_cache  # noqa: F401
+from helpers_train import config, load_trainer, one_thread, small_run_data  # noqa: F401
 from snac.checkpoint import load_checkpoint
 
 trainer = load_trainer()
@@ -11,11 +11,7 @@ trainer = load_trainer()
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    model = tiny_snac()
-    return {"root": root, "model": save_tiny_model(root / "model"),
-            "train": write_cache(root / "train", model, [0.5, 0.8, 1.0, 0.3, 1.2, 0.6, 0.9, 0.7], seed=1),
-            "val": write_cache(root / "val", model, [0.5, 0.6], seed=2)}
+    return small_run_data(tmp_path_factory.mktemp("data"), [0.5, 0.6])
 
 
 def run(data, out, **overrides) -> int:
