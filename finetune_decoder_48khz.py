@@ -159,10 +159,6 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
             base_config, val_cache.target_sample_rate, cfg.target_sample_rate)
     except ValueError as e:
         raise PreflightError(str(e)) from e
-    for cache, flag in ((train_cache, "--train_codes"), (val_cache, "--val_codes")):
-        if cache is not None and list(cache.vq_strides) != list(base_config["vq_strides"]):
-            raise PreflightError(f"{flag}: cache strides {cache.vq_strides} differ from the model's "
-                                 f"{base_config['vq_strides']}; re-cache with this model")
     # ---- curriculum: window length, batch, steps and phase of every epoch
     if len(train_coarse) < dist_info.world_size:
         raise PreflightError(f"--train_codes has {len(train_coarse)} rows, fewer than the "
