@@ -31,16 +31,16 @@ import torch
 from torch import nn
 
 from snac import SNAC, SNAC48, load_model
-from snac.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, maybe_fault,
+from snac.train.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, maybe_fault,
                              link_atomic, rng_state, rotate_checkpoints, save_checkpoint, set_aside_newer,
                              set_rng_state, write_json_atomic)
-from snac.data import (WindowDataset, WindowGeometry, WindowSampler, batched, collate_windows,
+from snac.train.windows import (WindowDataset, WindowGeometry, WindowSampler, batched, collate_windows,
                        validation_items)
-from snac.distributed import (DistInfo, agree_any, all_reduce_sum, barrier, cleanup, gather_objects,
+from snac.train.distributed import (DistInfo, agree_any, all_reduce_sum, barrier, cleanup, gather_objects,
                               setup_dist)
 from snac.hub import resolve_pretrained
-from snac.losses import reconstruction_loss
-from snac.train_config import ConfigError, TrainConfig, epoch_plan, resolve_config
+from snac.train.losses import reconstruction_loss
+from snac.train.config import ConfigError, TrainConfig, epoch_plan, resolve_config
 
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_BAD_STEPS = 2, 1, 3
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from snac import SNAC
 from snac.audio import AUDIO_EXTENSIONS, load_audio, resample
-from snac.inference import (CODES_SUFFIX, codec_config, config_difference, encode_audio,
+from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_audio,
                             iter_decode, load_codec_pair, load_codes, same_codec, save_codes)
 
 DEFAULT_BASE = "hubertsiuzdak/snac_24khz"

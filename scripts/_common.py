@@ -1,7 +1,8 @@
-"""Upstream SNAC 1.2.1 (PyPI, MIT) as a test-only reference, imported as `snac_ref`.
+"""Shared by the tests and the benchmarks: upstream SNAC 1.2.1 (PyPI, MIT) as a reference.
 
-The wheel is downloaded with pip into a cache folder on first use and its package folder renamed
-(its imports are relative). Nothing of it is committed or installed into the project.
+``import_reference()`` returns it imported as `snac_ref`. The wheel is downloaded with pip into a
+cache folder on first use and its package folder renamed (its imports are relative). Nothing of it
+is committed or installed into the project.
 """
 
 import importlib

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Seam error and cost of chunked decoding (snac.inference) against whole-file decoding.
+"""Seam error and cost of chunked decoding (snac.infer) against whole-file decoding.
 
     uv run python scripts/bench_chunked.py                      # full-size 24 kHz config, random weights
     uv run python scripts/bench_chunked.py --pretrained_model hubertsiuzdak/snac_24khz --seconds 120
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snac import SNAC, SNAC48  # noqa: E402
-from snac.inference import decode_codes, decoder_context_frames, encode_audio, noise_disabled  # noqa: E402
+from snac.infer import decode_codes, decoder_context_frames, encode_audio, noise_disabled  # noqa: E402
 
 FULL_24KHZ = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
                   decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,

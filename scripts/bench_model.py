@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
-from model_configs import SNAC_24KHZ  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from snac.presets import SNAC_24KHZ  # noqa: E402
 from snac import SNAC, SNAC48  # noqa: E402
 from snac.layers import fold_weight_norm  # noqa: E402
 
@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from snac_reference import import_reference
+    from _common import import_reference  # scripts/ is on sys.path (this script's folder)
 
     ref_mod = import_reference()
     dev = args.device

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from snac import SNAC, SNAC48, load_model  # noqa: E402
 from snac.cache import LoadedItem, ShardWriter, model_settings, shard_schema, write_manifest  # noqa: E402
-from snac.losses import reconstruction_loss  # noqa: E402
-from snac.train_config import TrainConfig, resolve_config  # noqa: E402
+from snac.train.losses import reconstruction_loss  # noqa: E402
+from snac.train.config import TrainConfig, resolve_config  # noqa: E402
 
 ARCHS = {
     "snac_24khz": dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snac import SNAC  # noqa: E402
 from snac.audio import AUDIO_EXTENSIONS, load_audio, resample  # noqa: E402
 from snac.hub import load_model  # noqa: E402
-from snac.inference import codec_config, decode_codes, encode_audio, load_codec_pair  # noqa: E402
+from snac.infer import codec_config, decode_codes, encode_audio, load_codec_pair  # noqa: E402
 from snac.metrics import all_metrics, optional_metrics_available  # noqa: E402
 
 DEFAULT_BASE = "hubertsiuzdak/snac_24khz"

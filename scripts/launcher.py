@@ -135,8 +135,8 @@ def check_live_runs(logs_root: Path, out: Path, device: str, log_dir: Path) -> l
 
 
 def preflight(args: argparse.Namespace) -> str:
-    from snac.checkpoint import find_latest_checkpoint, write_json_atomic
-    from snac.train_config import ConfigError, resolve_config
+    from snac.train.checkpoint import find_latest_checkpoint, write_json_atomic
+    from snac.train.config import ConfigError, resolve_config
 
     trainer_args = list(args.trainer_args)
     if trainer_args and trainer_args[0] == "--":
@@ -167,7 +167,7 @@ def preflight(args: argparse.Namespace) -> str:
         notes.append(f"starting a new run in {out}")
 
     trainer = load_trainer()
-    from snac.distributed import DistInfo
+    from snac.train.distributed import DistInfo
 
     try:
         plan = trainer.preflight(cfg, DistInfo())

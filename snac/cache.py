@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 
 from .audio import (AUDIO_EXTENSIONS, AudioError, audio_info, decode_flac, encode_flac, load_audio,
                     read_window, resample, resampled_length)
-from .checkpoint import write_json_atomic
+from .train.checkpoint import write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

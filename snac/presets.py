@@ -1,4 +1,9 @@
-"""Model configs shared by the tests: the published ones and tiny ones that run fast on CPU."""
+"""Model configs in one place: the published SNAC configs and tiny ones that run fast on CPU.
+
+Used by the tests, the benchmarks and the demo (a tiny random base), so they all build the same models.
+"""
+
+DEFAULT_BASE = "hubertsiuzdak/snac_24khz"  # the published 24 kHz model every default points at
 
 SNAC_24KHZ = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
                   decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096,
@@ -8,6 +13,6 @@ SNAC_32KHZ = dict(sampling_rate=32000, encoder_dim=64, encoder_rates=[2, 3, 8, 8
                   codebook_dim=8, vq_strides=[8, 4, 2, 1], noise=True, depthwise=True)
 SNAC_44KHZ = dict(SNAC_32KHZ, sampling_rate=44100)
 
-# same layout rules, a few thousand parameters
+# same layout rules, a few thousand parameters (TINY_24KHZ: ~30 k, the published hop and strides)
 TINY_24KHZ = dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32, codebook_size=64, codebook_dim=4)
 TINY_32KHZ = dict(SNAC_32KHZ, encoder_dim=8, decoder_dim=128, codebook_size=64, codebook_dim=4)

@@ -20,7 +20,7 @@ from snac.audio import encode_flac, resample
 from snac.cache import (LoadedItem, ShardWriter, encode_single, model_settings, shard_schema,
                         write_manifest)
 
-from model_configs import TINY_24KHZ, TINY_32KHZ  # noqa: F401  (re-exported for the tests)
+from snac.presets import TINY_24KHZ, TINY_32KHZ  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "finetune_decoder_48khz.py"
@@ -163,7 +163,7 @@ def load_trainer():
 
 def config(tmp: Path, model_dir: Path, train: Path, val: Path | None, out: Path, **overrides):
     """A validated TrainConfig of a tiny CPU run (same values as ``base_args``)."""
-    from snac.train_config import resolve_config
+    from snac.train.config import resolve_config
 
     return resolve_config(base_args(tmp, model_dir, train, val, out, **overrides))
 

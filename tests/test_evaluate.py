@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from model_configs import TINY_24KHZ
+from snac.presets import TINY_24KHZ
 from snac import SNAC, SNAC48
 from snac.metrics import band_lsd, mel_distance, si_sdr, stft_distance
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_configs import TINY_24KHZ
+from snac.presets import TINY_24KHZ
 from snac import SNAC, SNAC48, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

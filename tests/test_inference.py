@@ -1,4 +1,4 @@
-"""inference.py and snac.inference: lengths and rates, chunked == whole decoding, codes round trip."""
+"""inference.py and snac.infer: lengths and rates, chunked == whole decoding, codes round trip."""
 
 import importlib.util
 import math
@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from model_configs import TINY_24KHZ, TINY_32KHZ
+from snac.presets import TINY_24KHZ, TINY_32KHZ
 from snac import SNAC, SNAC48
-from snac.inference import (decode_codes, decoder_context_frames, encode_audio, load_codes,
+from snac.infer import (decode_codes, decoder_context_frames, encode_audio, load_codes,
                             noise_disabled, save_codes)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from model_configs import SNAC_24KHZ, TINY_24KHZ, TINY_32KHZ
+from snac.presets import SNAC_24KHZ, TINY_24KHZ, TINY_32KHZ
 from snac import SNAC, SNAC48, load_model
 from snac.layers import set_weight_norm_weight, wn_conv1d
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from model_configs import SNAC_24KHZ, TINY_24KHZ, TINY_32KHZ
+from snac.presets import SNAC_24KHZ, TINY_24KHZ, TINY_32KHZ
 from snac import SNAC, SNAC48, load_model
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from model_configs import SNAC_24KHZ, SNAC_32KHZ, SNAC_44KHZ
+from snac.presets import SNAC_24KHZ, SNAC_32KHZ, SNAC_44KHZ
 from snac import SNAC
 
 pytestmark = pytest.mark.skipif(os.environ.get("SNAC_SKIP_REFERENCE") == "1",
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("SNAC_SKIP_REFERENCE") == "1",
 
 @pytest.fixture(scope="module")
 def ref():
-    from snac_reference import import_reference
+    from scripts._common import import_reference
 
     return import_reference()
 

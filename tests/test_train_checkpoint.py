@@ -10,7 +10,7 @@ import torch
 
 from helpers_train import REPO, one_thread, tiny_snac  # noqa: F401
 from snac import load_model
-from snac.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, rng_state,
+from snac.train.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, rng_state,
                              rotate_checkpoints, save_checkpoint, set_aside_newer, set_rng_state)
 
 
@@ -20,7 +20,7 @@ def state(iteration: int) -> dict:
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     save_checkpoint(state(1), tmp_path / "latest.pt")
-    code = ("import torch; from snac.checkpoint import save_checkpoint; "
+    code = ("import torch; from snac.train.checkpoint import save_checkpoint; "
             f"save_checkpoint({{'model': {{'w': torch.zeros(1000)}}, 'iteration': 2}}, r'{tmp_path / 'latest.pt'}')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={"SNAC48_FAULT": "save:2", "PATH": ""},
                           capture_output=True)

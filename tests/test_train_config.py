@@ -5,7 +5,7 @@ import json
 import pytest
 
 from helpers_train import one_thread  # noqa: F401
-from snac.train_config import (FIELD_NAMES, ConfigError, TrainConfig, build_parser, epoch_plan,
+from snac.train.config import (FIELD_NAMES, ConfigError, TrainConfig, build_parser, epoch_plan,
                                resolve_config)
 
 

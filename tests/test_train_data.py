@@ -6,7 +6,7 @@ import torch
 
 from helpers_train import FakeCache, TINY_24KHZ, TINY_32KHZ, one_thread, tiny_snac, write_cache  # noqa: F401
 from snac.cache import CodeCache
-from snac.data import (WindowDataset, WindowGeometry, WindowSampler, collate_windows, validation_items,
+from snac.train.windows import (WindowDataset, WindowGeometry, WindowSampler, collate_windows, validation_items,
                        window_start)
 
 

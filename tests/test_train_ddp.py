@@ -8,7 +8,7 @@ import pytest
 
 from helpers_train import (SCRIPT, base_args, one_thread, pycache_env, read_metrics, run_script,  # noqa: F401
                            save_tiny_model, tiny_snac, write_cache)
-from snac.checkpoint import load_checkpoint
+from snac.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 from helpers_train import (SCRIPT, REPO, base_args, config, load_trainer, one_thread, pycache_env,  # noqa: F401
                            read_metrics, run_script, small_run_data)
-from snac.checkpoint import load_checkpoint
+from snac.train.checkpoint import load_checkpoint
 
 trainer = load_trainer()
 
@@ -28,7 +28,7 @@ def flags(data, out, **overrides) -> list[str]:
 
 
 def test_killed_at_any_point_and_resumed_ends_bit_identical(data, tmp_path, pycache_env):
-    from snac.train_config import resolve_config
+    from snac.train.config import resolve_config
 
     # 3 steps per epoch (9 in all); iteration checkpoints at 2, 4, 6, 8; epoch checkpoints at 3, 6, 9
     assert trainer.train(resolve_config(flags(data, tmp_path / "whole"))) == 0

@@ -4,7 +4,7 @@ and OneCycleLR must never run past its end after a resume whose curriculum chang
 import pytest
 
 from helpers_train import config, load_trainer, one_thread, small_run_data  # noqa: F401
-from snac.checkpoint import load_checkpoint
+from snac.train.checkpoint import load_checkpoint
 
 trainer = load_trainer()
 

@@ -9,7 +9,7 @@ import torch
 from helpers_train import (TINY_24KHZ, TINY_32KHZ, config, load_trainer, one_thread, read_metrics,  # noqa: F401
                            save_tiny_model, tiny_snac, write_cache)
 from snac import SNAC, SNAC48, load_model
-from snac.checkpoint import load_checkpoint, save_checkpoint
+from snac.train.checkpoint import load_checkpoint, save_checkpoint
 
 trainer = load_trainer()
 DURATIONS = [0.5, 0.8, 1.0, 0.3, 1.2, 0.6, 0.9, 0.7]  # 8 rows: 0.3 s = 4 coarse tokens

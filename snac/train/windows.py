@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import resample
+from ..audio import resample
 
 
 # ----------------------------------------------------------------------------- geometry
