@@ -10,7 +10,7 @@ LOCAL_RANK pick each rank's share and GPU, so one cache can be made by several n
   torchrun --nnodes 2 --nproc_per_node 4 ... cache_codes_multigpu.py --input_dir /shared/train --output_dir /shared/cache
 
 The run writes progress lines that read well under `nohup ... > log; tail -f log` and exits
-non-zero if a worker died (completed shards are kept: rerun to finish). See snac/cache.py.
+non-zero if a worker died (completed shards are kept: rerun to finish). See snac/cache/.
 """
 
 from __future__ import annotations

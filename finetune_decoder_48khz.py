@@ -33,11 +33,12 @@ from torch import nn
 from snac import SNAC, SNAC48, load_model
 from snac.train.checkpoint import (clean_stale_temps, find_latest_checkpoint, load_checkpoint, maybe_fault,
                              link_atomic, rng_state, rotate_checkpoints, save_checkpoint, set_aside_newer,
-                             set_rng_state, write_json_atomic)
+                             set_rng_state)
 from snac.train.windows import (WindowDataset, WindowGeometry, WindowSampler, batched, collate_windows,
                        validation_items)
 from snac.train.distributed import (DistInfo, agree_any, all_reduce_sum, barrier, cleanup, gather_objects,
                               setup_dist)
+from snac.fileio import write_json_atomic
 from snac.hub import resolve_pretrained
 from snac.train.losses import reconstruction_loss
 from snac.train.config import ConfigError, TrainConfig, epoch_plan, resolve_config

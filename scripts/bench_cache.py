@@ -31,15 +31,11 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from snac import SNAC  # noqa: E402
-from snac.cache import (PENDING_BATCHES, LengthBuckets, WorkerSpec, list_shards, load_item, model_settings,  # noqa: E402
-                        run_worker)
-
-CFG24 = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
-             decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
-             vq_strides=[4, 2, 1], noise=True, depthwise=True)
-TINY = dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=32,
-            decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=64, codebook_dim=4,
-            vq_strides=[4, 2, 1], noise=True, depthwise=True)
+from snac.cache import list_shards  # noqa: E402
+from snac.cache.encode import PENDING_BATCHES, LengthBuckets, load_item  # noqa: E402
+from snac.cache.format import model_settings  # noqa: E402
+from snac.cache.run import WorkerSpec, default_io_threads, run_worker  # noqa: E402
+from snac.presets import SNAC_24KHZ as CFG24, TINY_24KHZ as TINY  # noqa: E402
 
 
 def make_corpus(root: Path, total_seconds: float, seed: int = 0) -> tuple[list[str], float]:
@@ -130,8 +126,7 @@ def main() -> None:
                               input_root=str(work / "audio"), output_dir=str(out),
                               pretrained_model=model_id, settings=settings, shard_rows=1000,
                               batch_seconds=args.batch_seconds, max_seconds=1e9, torch_threads=args.threads,
-                              io_threads=args.io_threads or max(1, min(8, args.threads if args.device != "cpu"
-                                                                       else args.threads // 2)))
+                              io_threads=args.io_threads or default_io_threads(args.threads, args.device))
             t, c = time.perf_counter(), time.process_time()
             stats = run_worker(spec, model=model)
             sync(args.device)

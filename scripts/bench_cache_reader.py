@@ -24,9 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-CFG24 = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
-             decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
-             vq_strides=[4, 2, 1], noise=True, depthwise=True)
+from snac.presets import SNAC_24KHZ as CFG24  # noqa: E402
 WINDOW = 47  # coarse tokens: ~4 s at 24 kHz (47 * 2048 samples)
 
 

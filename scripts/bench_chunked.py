@@ -23,10 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snac import SNAC, SNAC48  # noqa: E402
 from snac.infer import decode_codes, decoder_context_frames, encode_audio, noise_disabled  # noqa: E402
-
-FULL_24KHZ = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
-                  decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
-                  vq_strides=[4, 2, 1], noise=True, depthwise=True)
+from snac.presets import SNAC_24KHZ as FULL_24KHZ  # noqa: E402
 
 
 def snr_db(ref: np.ndarray, x: np.ndarray) -> float:

@@ -33,18 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from snac import SNAC, SNAC48, load_model  # noqa: E402
-from snac.cache import LoadedItem, ShardWriter, model_settings, shard_schema, write_manifest  # noqa: E402
+from snac.cache.encode import LoadedItem  # noqa: E402
+from snac.cache.format import model_settings, shard_schema, write_manifest  # noqa: E402
+from snac.cache.writer import ShardWriter  # noqa: E402
+from snac.presets import SNAC_24KHZ, TINY_24KHZ  # noqa: E402
 from snac.train.losses import reconstruction_loss  # noqa: E402
 from snac.train.config import TrainConfig, resolve_config  # noqa: E402
 
-ARCHS = {
-    "snac_24khz": dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
-                       decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
-                       vq_strides=[4, 2, 1], noise=True, depthwise=True),
-    "tiny": dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=32,
-                 decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=64, codebook_dim=4,
-                 vq_strides=[4, 2, 1], noise=True, depthwise=True),
-}
+ARCHS = {"snac_24khz": SNAC_24KHZ, "tiny": TINY_24KHZ}
 
 
 def load_trainer():

@@ -39,11 +39,10 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MARKER = ".snac48_demo"
 # a tiny 24 kHz SNAC with the published model's layout (hop 512, strides 4/2/1), ~30 k parameters
-TINY_BASE = dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=32,
-                 decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=64, codebook_dim=4,
-                 vq_strides=[4, 2, 1], noise=True, depthwise=True)
+from snac.presets import TINY_24KHZ as TINY_BASE  # noqa: E402
+
+MARKER = ".snac48_demo"
 # (sample rate, channels) of the generated files: the cache and inference must take any of them
 FORMATS = [(48000, 1), (48000, 2), (44100, 1), (32000, 2), (24000, 1), (16000, 1)]
 # formant frequencies (Hz) of a few vowels

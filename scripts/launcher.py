@@ -135,7 +135,8 @@ def check_live_runs(logs_root: Path, out: Path, device: str, log_dir: Path) -> l
 
 
 def preflight(args: argparse.Namespace) -> str:
-    from snac.train.checkpoint import find_latest_checkpoint, write_json_atomic
+    from snac.fileio import write_json_atomic
+    from snac.train.checkpoint import find_latest_checkpoint
     from snac.train.config import ConfigError, resolve_config
 
     trainer_args = list(args.trainer_args)

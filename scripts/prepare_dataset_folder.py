@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the repo
 
 from snac.audio import AudioError, audio_info  # noqa: E402
-from snac.cache import find_audio_files  # noqa: E402
+from snac.cache.encode import find_audio_files  # noqa: E402
 
 SPLITS = ("train", "val")
 OUTPUT_FILES = ("train.txt", "val.txt", "split.json")

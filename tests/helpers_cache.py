@@ -11,12 +11,16 @@ import soundfile as sf
 import torch
 
 from snac import SNAC
+from snac.presets import TINY_24KHZ as TINY_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_CONFIG = dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=32,
-                   decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=64, codebook_dim=4,
-                   vq_strides=[4, 2, 1], noise=True, depthwise=True)
+
+def encode_single(model, audio, device: str = "cpu") -> list[np.ndarray]:
+    """Reference: codes of one mono model-rate signal (T,) encoded alone -> list of (T_j,) int64."""
+    x = torch.as_tensor(audio, dtype=torch.float32).reshape(1, 1, -1).to(device)
+    with torch.inference_mode():
+        return [c[0].cpu().numpy() for c in model.encode(x)]
 
 
 def save_tiny_model(directory: Path, seed: int = 0, config: dict | None = None) -> Path:

@@ -17,8 +17,11 @@ import torch
 
 from snac import SNAC
 from snac.audio import encode_flac, resample
-from snac.cache import (LoadedItem, ShardWriter, encode_single, model_settings, shard_schema,
-                        write_manifest)
+from snac.cache.encode import LoadedItem
+from snac.cache.format import model_settings, shard_schema, write_manifest
+from snac.cache.writer import ShardWriter
+
+from helpers_cache import encode_single
 
 from snac.presets import TINY_24KHZ, TINY_32KHZ  # noqa: F401  (re-exported for the tests)
 

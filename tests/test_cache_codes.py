@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers_cache import REPO, TINY_CONFIG, load_script, save_tiny_model, write_audio
+from helpers_cache import REPO, TINY_CONFIG, encode_single, load_script, save_tiny_model, write_audio
 from snac import SNAC
-from snac.cache import (BatchEncoder, LengthBuckets, LoadedItem, encode_single, list_shards, load_item,
-                        padded_length)
+from snac.cache import list_shards
+from snac.cache.encode import BatchEncoder, LengthBuckets, LoadedItem, load_item, padded_length
 
 cli = load_script("cache_codes_multigpu.py")
 TARGET = 48000
@@ -250,7 +250,7 @@ def test_limit_rerun_refusal_and_overwrite(corpus, tmp_path):
 
 
 def test_file_list_paths_and_row_ids(tmp_path):
-    from snac.cache import make_row_ids, read_file_list
+    from snac.cache.encode import make_row_ids, read_file_list
 
     (tmp_path / "data" / "a").mkdir(parents=True)
     listing = tmp_path / "data" / "list.txt"

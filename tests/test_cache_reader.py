@@ -13,7 +13,7 @@ import pytest
 
 from helpers_cache import TINY_CONFIG, load_script, save_tiny_model, write_audio
 from snac.audio import load_audio, resample
-import snac.cache as cache_module
+import snac.cache.reader as cache_module
 from snac.cache import CodeCache, build_index, list_shards, write_synthetic_cache
 
 ROWS = 257

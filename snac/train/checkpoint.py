@@ -9,7 +9,6 @@ leaves either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import re
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-TMP_MARK = ".tmp-"  # temp files are "<name>.tmp-<pid>" in the checkpoint's directory
+from ..fileio import TMP_MARK, fsync_dir
+
 ITER_RE = re.compile(r"^checkpoint_iter(\d+)\.pt$")
 RESUMABLE = re.compile(r"^(latest|checkpoint_iter\d+|checkpoint_epoch\d+)\.pt$")
 
@@ -35,19 +35,6 @@ def maybe_fault(point: str, iteration: int) -> None:
     parts = spec.split(":")
     if parts[:2] == [point, str(iteration)]:
         os.kill(os.getpid(), getattr(signal, f"SIG{parts[2]}") if len(parts) > 2 else signal.SIGKILL)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -71,7 +58,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -88,7 +75,7 @@ def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -138,21 +125,6 @@ def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Pat
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
-
-
-def write_json_atomic(path: str | os.PathLike, obj, durable: bool = False) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it over: readers never see half a
-    file. ``durable`` also fsyncs (manifests, settings) — not needed for a status file rewritten
-    every log step."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def set_aside_newer(directory: str | os.PathLike, iteration: int) -> list[tuple[Path, Path]]:

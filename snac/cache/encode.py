@@ -1,0 +1,228 @@
+"""From input files to codes: listing, loading (mono, resampled), length buckets, batch encoder.
+
+Items are grouped by padded length so a batch never adds padding an item would not get alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audio import AUDIO_EXTENSIONS, AudioError, audio_info, encode_flac, load_audio, resample, resampled_length
+from .format import code_dtype
+
+PENDING_BATCHES = 16  # a worker holds at most this many batches of loaded audio
+
+
+# ---- input files ----
+
+def find_audio_files(root: str | os.PathLike) -> list[str]:
+    """Audio files under ``root`` (recursively; wav/flac/ogg/mp3, any case), as sorted posix
+    paths relative to ``root``. File symlinks count; directory symlinks are not followed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input directory {root} does not exist; pass an existing --input_dir")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith("."):
+                found.append((rel_dir / name).as_posix())
+    return sorted(found)
+
+
+def read_file_list(list_file: str | os.PathLike,
+                   input_root: str | os.PathLike | None = None) -> tuple[str, list[str]]:
+    """Read a list of audio paths (one per line; '#' comments and blank lines skipped).
+
+    Relative lines are taken relative to ``input_root`` when given, else to the list file's
+    directory. Returns (absolute input root, sorted unique posix paths relative to it); the root
+    is ``input_root`` or the common directory of all files.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"file list {list_file} does not exist; pass an existing --file_list")
+    base = Path(os.path.abspath(input_root if input_root is not None else list_file.parent))
+    absolute = []
+    for line in list_file.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line)
+        absolute.append(os.path.normpath(p if p.is_absolute() else base / p))
+    if not absolute:
+        raise ValueError(f"file list {list_file} names no files; put one audio path per line")
+    root = str(base) if input_root is not None else os.path.commonpath([os.path.dirname(a) for a in absolute])
+    rel = []
+    for a in absolute:
+        r = os.path.relpath(a, root)
+        if r.startswith(".."):
+            raise ValueError(f"{a} (from {list_file}) is outside the input root {root}; pass an "
+                             "--input_dir that contains every listed file")
+        rel.append(Path(r).as_posix())
+    return root, sorted(set(rel))
+
+
+def make_row_ids(rel_paths: list[str]) -> list[str]:
+    """Row id = relative path without its extension ('spk1/utt001'); where two files would share
+    an id (same stem, different extension) both keep their full relative path."""
+    stems = [os.path.splitext(p)[0] for p in rel_paths]
+    counts = collections.Counter(stems)
+    return [s if counts[s] == 1 else p for s, p in zip(stems, rel_paths)]
+
+
+def partition(items: list, worker_index: int, num_workers: int) -> list:
+    """The worker's disjoint, deterministic share: every num_workers-th item (balanced counts)."""
+    if not 0 <= worker_index < num_workers:
+        raise ValueError(f"worker index {worker_index} outside [0, {num_workers})")
+    return items[worker_index::num_workers]
+
+
+# ---- one file -> model input; batches of equal padded length -> codes ----
+
+@dataclasses.dataclass
+class LoadedItem:
+    path: str             # relative to the input root
+    row_id: str
+    audio: Any            # torch.Tensor (T,) float32 at the model's rate
+    duration: float       # seconds of the source
+    num_samples: int      # samples at the target rate
+    sample_rate: int      # of the source
+    channels: int         # of the source
+    flac: bytes | None    # target-rate mono FLAC when embedding audio
+
+
+def load_item(root: str, rel_path: str, row_id: str, model_sample_rate: int,
+              target_sample_rate: int, embed_audio: bool = False,
+              max_seconds: float | None = None) -> LoadedItem:
+    """Read one file: soundfile -> mono -> resample to the model's rate (and to the target rate
+    when embedding). Raises AudioError with a one-line reason for anything unusable."""
+    import torch
+
+    path = os.path.join(root, rel_path)
+    info = audio_info(path)
+    if max_seconds is not None and info.sample_rate > 0 and info.frames / info.sample_rate > max_seconds:
+        raise AudioError(f"{info.frames / info.sample_rate:.0f} s is longer than --max_seconds "
+                         f"{max_seconds:g}; split the file or raise --max_seconds")
+    mono, sr = load_audio(path, mono=True)  # (frames,) float32, raises on empty / NaN
+    frames = mono.shape[0]
+    flac = None
+    if embed_audio:
+        flac = encode_flac(resample(mono, sr, target_sample_rate), target_sample_rate)
+    audio = resample(torch.from_numpy(mono), sr, model_sample_rate)  # (T,) at the model's rate
+    return LoadedItem(path=rel_path, row_id=row_id, audio=audio, duration=frames / sr,
+                      num_samples=resampled_length(frames, sr, target_sample_rate),
+                      sample_rate=sr, channels=info.channels, flac=flac)
+
+
+def padded_length(num_samples: int, pad_multiple: int) -> int:
+    """Model-rate length after SNAC's right padding (at least one pad multiple)."""
+    return max(1, math.ceil(num_samples / pad_multiple)) * pad_multiple
+
+
+class LengthBuckets:
+    """Groups items by padded length, so a batch never adds padding beyond what the item gets
+    alone (extra zeros would change its last frames through the conv biases).
+
+    ``add`` returns the batches that are ready: a bucket is emitted before it would exceed
+    ``batch_samples`` padded samples, and the fullest bucket is emitted early whenever the
+    pending audio exceeds ``max_pending_samples`` (bounds memory when lengths are spread).
+    """
+
+    def __init__(self, pad_multiple: int, batch_samples: int, max_pending_samples: int):
+        self.pad_multiple = pad_multiple
+        self.batch_samples = max(batch_samples, pad_multiple)
+        self.max_pending_samples = max(max_pending_samples, self.batch_samples)
+        self.buckets: dict[int, list[LoadedItem]] = {}
+        self.pending = 0
+
+    def add(self, item: LoadedItem) -> list[list[LoadedItem]]:
+        length = padded_length(item.audio.shape[-1], self.pad_multiple)
+        ready = []
+        bucket = self.buckets.setdefault(length, [])
+        if bucket and (len(bucket) + 1) * length > self.batch_samples:
+            ready.append(self._pop(length))
+            bucket = self.buckets.setdefault(length, [])
+        bucket.append(item)
+        self.pending += length
+        while self.pending > self.max_pending_samples:
+            fullest = max(self.buckets, key=lambda n: n * len(self.buckets[n]))
+            ready.append(self._pop(fullest))
+        return ready
+
+    def _pop(self, length: int) -> list[LoadedItem]:
+        items = self.buckets.pop(length)
+        self.pending -= length * len(items)
+        return items
+
+    def flush(self) -> list[list[LoadedItem]]:
+        return [self._pop(n) for n in sorted(self.buckets)]
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+class BatchEncoder:
+    """Encodes batches of equal padded length; on out-of-memory halves the batch and retries,
+    and a single item that still does not fit is encoded on the CPU.
+
+    ``encode(items)`` -> list (per item) of lists (per codebook) of int16/int32 numpy arrays.
+    """
+
+    def __init__(self, model, device: str, pad_multiple: int, codebook_size: int):
+        self.model = model
+        self.device = device
+        self.pad_multiple = pad_multiple
+        self.dtype = code_dtype(codebook_size)
+        self.oom_retries = 0
+        self._cpu_model = None
+
+    def _stack(self, items: list[LoadedItem]):
+        import torch
+        import torch.nn.functional as F
+
+        length = padded_length(items[0].audio.shape[-1], self.pad_multiple)
+        # (B, 1, length): every item zero-padded exactly as SNAC pads it alone
+        return torch.stack([F.pad(it.audio, (0, length - it.audio.shape[-1])) for it in items]).unsqueeze(1)
+
+    def _run(self, model, x, device: str) -> list:
+        import torch
+
+        torch_dtype = torch.int16 if self.dtype == np.int16 else torch.int32
+        with torch.inference_mode():
+            codes = model.encode(x.to(device, non_blocking=True))
+            return [c.to(torch_dtype).cpu().numpy() for c in codes]  # per codebook (B, T_j)
+
+    def encode(self, items: list[LoadedItem]) -> list[list[np.ndarray]]:
+        import torch
+
+        try:
+            codes = self._run(self.model, self._stack(items), self.device)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            self.oom_retries += 1
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            if len(items) > 1:
+                half = len(items) // 2
+                return self.encode(items[:half]) + self.encode(items[half:])
+            if self.device == "cpu":
+                raise
+            if self._cpu_model is None:  # a file too long for the GPU even alone
+                import copy
+                self._cpu_model = copy.deepcopy(self.model).to("cpu")
+            codes = self._run(self._cpu_model, self._stack(items), "cpu")
+        return [[c[b] for c in codes] for b in range(len(items))]
+
+

@@ -1,0 +1,156 @@
+"""Writing a cache: shards (temporary name, fsync, rename), rejection logs, the resume scan,
+and a synthetic cache of random codes for tests and benchmarks (through the same writer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..fileio import write_json_atomic
+from .encode import LoadedItem
+from .format import (SETTINGS_NAME, SHARD_PREFIX, SHARD_SUFFIX, code_dtype, codes_column, list_shards,
+                     model_settings, now_iso, reject_log, shard_name, shard_schema, write_manifest)
+
+# A worker writes its buffer as a shard once it holds this much wall time of work, so a crash
+# loses at most this much (the rows are redone on resume) even when --shard_rows is large.
+SHARD_MAX_SECONDS = 600.0
+
+
+def _next_seq(cache_dir: Path, worker_index: int) -> int:
+    prefix = f"{SHARD_PREFIX}{worker_index:05d}-"
+    seqs = [int(p.name[len(prefix):-len(SHARD_SUFFIX)]) for p in cache_dir.glob(f"{prefix}*{SHARD_SUFFIX}")
+            if p.name[len(prefix):-len(SHARD_SUFFIX)].isdigit()]
+    return max(seqs, default=-1) + 1
+
+
+class ShardWriter:
+    """Buffers rows of one worker and writes them as shards: temporary name, fsync, rename.
+
+    Rows are written when ``shard_rows`` are buffered or the buffer is ``max_seconds`` old.
+    """
+
+    def __init__(self, cache_dir: Path, worker_index: int, schema: pa.Schema, shard_rows: int,
+                 max_seconds: float = SHARD_MAX_SECONDS):
+        self.cache_dir = Path(cache_dir)
+        self.worker_index = worker_index
+        self.schema = schema
+        self.num_codebooks = sum(1 for n in schema.names if n.startswith("codes_"))
+        self.embed = "audio" in schema.names
+        self.shard_rows = shard_rows
+        self.max_seconds = max_seconds
+        self.seq = _next_seq(self.cache_dir, worker_index)
+        self.written: list[str] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: list[tuple[LoadedItem, list[np.ndarray]]] = []
+        self.started = time.monotonic()
+
+    def add(self, item: LoadedItem, codes: list[np.ndarray]) -> None:
+        self.rows.append((item, codes))
+        if len(self.rows) >= self.shard_rows or time.monotonic() - self.started > self.max_seconds:
+            self.flush()
+
+    def table(self) -> pa.Table:
+        items = [it for it, _ in self.rows]
+        cols: dict[str, pa.Array] = {
+            "id": pa.array([it.row_id for it in items], pa.string()),
+            "path": pa.array([it.path for it in items], pa.string()),
+            "duration": pa.array([it.duration for it in items], pa.float64()),
+            "num_samples": pa.array([it.num_samples for it in items], pa.int64()),
+            "num_coarse": pa.array([len(c[0]) for _, c in self.rows], pa.int32()),
+            "sample_rate": pa.array([it.sample_rate for it in items], pa.int32()),
+            "channels": pa.array([it.channels for it in items], pa.int16()),
+        }
+        for j in range(self.num_codebooks):
+            arrays = [c[j] for _, c in self.rows]
+            offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+            np.cumsum([len(a) for a in arrays], out=offsets[1:])
+            values = pa.array(np.concatenate(arrays))
+            cols[codes_column(j)] = pa.ListArray.from_arrays(pa.array(offsets), values)
+        if self.embed:
+            cols["audio"] = pa.array([it.flac for it in items], pa.binary())
+        return pa.table(cols, schema=self.schema)
+
+    def flush(self) -> str | None:
+        if not self.rows:
+            return None
+        name = shard_name(self.worker_index, self.seq)
+        final = self.cache_dir / name
+        tmp = self.cache_dir / f"{name}.tmp-{os.getpid()}"
+        pq.write_table(self.table(), tmp, compression="zstd")
+        with open(tmp, "rb") as f:  # durable before it becomes visible as complete
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        self.seq += 1
+        self.written.append(name)
+        self._reset()
+        return name
+
+
+def read_shard_paths(cache_dir: str | os.PathLike, quarantine: bool = True) -> tuple[set[str], list[str]]:
+    """Paths already cached (in complete shards). A shard that cannot be read is renamed
+    ``*.corrupt`` (when ``quarantine``) so its files are redone. Returns (paths, unreadable shards)."""
+    done: set[str] = set()
+    bad = []
+    for shard in list_shards(cache_dir):
+        try:
+            done.update(pq.read_table(shard, columns=["path"])["path"].to_pylist())
+        except Exception:
+            if quarantine and shard.exists():
+                shard.rename(shard.with_name(shard.name + ".corrupt"))
+            bad.append(shard.name)
+    return done, bad
+
+
+def append_rejection(cache_dir: Path, worker_index: int, path: str, reason: str) -> None:
+    """Record that ``path`` could not be cached, and why (merged into the manifest)."""
+    with open(reject_log(cache_dir, worker_index), "a") as f:
+        f.write(json.dumps({"path": path, "reason": reason, "time": now_iso()}) + "\n")
+
+
+def write_synthetic_cache(out_dir: str | os.PathLike, num_rows: int, model_config: dict, *,
+                          target_sample_rate: int = 48000, rows_per_shard: int = 10000,
+                          min_coarse: int = 1, max_coarse: int = 120, seed: int = 0,
+                          model_id: str = "synthetic") -> dict:
+    """For tests and benchmarks: a cache of random codes (no audio, no model run) written by the
+    production :class:`ShardWriter`. Row lengths are uniform in [min_coarse, max_coarse] coarse
+    tokens; paths are shuffled across shards so the index's path order differs from shard order.
+    Returns the manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = model_settings(model_id, model_config, target_sample_rate, False, str(out / "no_audio"))
+    strides, size = settings["vq_strides"], settings["codebook_size"]
+    ratios = [strides[0] // s for s in strides]
+    dtype = code_dtype(size)
+    spc = strides[0] * settings["hop_length"] * target_sample_rate // settings["model_sample_rate"]
+    writer = ShardWriter(out, 0, shard_schema(len(strides), size, False), shard_rows=rows_per_shard,
+                         max_seconds=math.inf)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(num_rows)
+    for lo in range(0, num_rows, rows_per_shard):  # one shard's draws at a time (bounded memory)
+        idx = perm[lo:lo + rows_per_shard]
+        n = len(idx)
+        num_coarse = rng.integers(min_coarse, max_coarse + 1, n).astype(np.int64)
+        num_samples = num_coarse * spc - rng.integers(0, spc, n)
+        # per codebook j: all rows' tokens in one draw, row i owning [starts_j[i], starts_j[i + 1])
+        starts = [np.concatenate([[0], np.cumsum(num_coarse * r)]) for r in ratios]
+        values = [rng.integers(0, size, int(st[-1]), dtype=dtype) for st in starts]
+        for i, row in enumerate(idx.tolist()):
+            path = f"spk{row % 997:03d}/utt{row:08d}.wav"
+            item = LoadedItem(path=path, row_id=path[:-len(".wav")], audio=None,
+                              duration=float(num_samples[i]) / target_sample_rate,
+                              num_samples=int(num_samples[i]), sample_rate=target_sample_rate, channels=1,
+                              flac=None)
+            writer.add(item, [v[st[i]:st[i + 1]] for v, st in zip(values, starts)])
+    writer.flush()
+    write_json_atomic(out / SETTINGS_NAME, settings, durable=True)
+    return write_manifest(out, settings, {"synthetic": True})
