@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from snac import SNAC
 from snac.audio import AUDIO_EXTENSIONS, load_audio, resample
-from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_audio,
-                            iter_decode, load_codec_pair, load_codes, same_codec, save_codes)
-
-DEFAULT_BASE = "hubertsiuzdak/snac_24khz"
+from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_audio, iter_decode,
+                        load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
+from snac.layers import fold_weight_norm
+from snac.presets import DEFAULT_BASE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,29 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.chunk_seconds < 0:
         p.error("--chunk_seconds must be >= 0 (0 = no chunking)")
     return args
-
-
-def resolve_device(spec: str | None) -> torch.device:
-    """'cpu' | 'cuda' | 'cuda:N' | 'N' -> torch.device; refuses a GPU that is not there."""
-    if spec is None:
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    spec = str(spec)
-    dev = torch.device(f"cuda:{spec}" if spec.isdigit() else spec)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit(f"error: --device {spec} asks for a GPU but torch sees none; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SystemExit(f"error: --device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
-    return dev
-
-
-def fold(model: torch.nn.Module) -> torch.nn.Module:
-    """Fold weight norm into plain weights when the package offers it (faster inference)."""
-    try:
-        from snac.layers import fold_weight_norm
-    except ImportError:
-        return model
-    return fold_weight_norm(model)
 
 
 def find_inputs(root: Path, from_codes: bool) -> list[Path]:
@@ -118,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     chunk = args.chunk_seconds or None
 
     src, dst = Path(args.input), Path(args.output)
@@ -136,9 +116,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"{args.checkpoint} holds a plain SNAC: encoding and decoding at its own {model.sampling_rate} Hz")
     if base is not None:
         print(f"base model: {base_spec}")
-    model = fold(model.eval()).to(device)
+    model = fold_weight_norm(model.eval()).to(device)  # plain weights: faster inference
     if base is not None:
-        base = fold(base.eval()).to(device)
+        base = fold_weight_norm(base.eval()).to(device)
     encoder = model if isinstance(model, SNAC) else base  # None only with --from_codes
     out_rate = model.sampling_rate
     codec_rate = codec["sampling_rate"]

@@ -39,6 +39,11 @@ from snac.cache.writer import ShardWriter  # noqa: E402
 from snac.presets import SNAC_24KHZ, TINY_24KHZ  # noqa: E402
 from snac.train.losses import reconstruction_loss  # noqa: E402
 from snac.train.config import TrainConfig, resolve_config  # noqa: E402
+from snac.train.distributed import DistInfo  # noqa: E402
+from snac.train.phases import set_phase  # noqa: E402
+from snac.train.plan import preflight  # noqa: E402
+from snac.train.step import DecodeOnly, make_loaders  # noqa: E402
+from snac.train.windows import WindowSampler  # noqa: E402
 
 ARCHS = {"snac_24khz": SNAC_24KHZ, "tiny": TINY_24KHZ}
 
@@ -81,9 +86,8 @@ def sync(device: torch.device) -> None:
 
 def bare_steps(model, batch, cfg: TrainConfig, device, precision: str, steps: int, compile_model: bool) -> float:
     """Seconds per bare step: forward, loss, backward, AdamW step on one resident batch."""
-    trainer = sys.modules["finetune_decoder_48khz"]
-    trainer.set_phase(model, "unfreeze")
-    step_model = torch.compile(trainer.DecodeOnly(model)) if compile_model else trainer.DecodeOnly(model)
+    set_phase(model, "unfreeze")
+    step_model = torch.compile(DecodeOnly(model)) if compile_model else DecodeOnly(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     codes = [c.to(device) for c in batch["codes"]]
@@ -139,13 +143,13 @@ def main() -> None:
              "--n_ffts", args.n_ffts, "--num_workers", str(args.num_workers), "--warmup_epochs", "0",
              "--epochs", "1000", "--checkpoint_every", "0", "--checkpoint_minutes", "0"]
     cfg = resolve_config(flags + ["--output_dir", str(tmp / "probe")])
-    dist_info, _ = trainer.DistInfo(), None
-    plan = trainer.preflight(cfg, dist_info)
+    dist_info = DistInfo()
+    plan = preflight(cfg, dist_info)
     precision = cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
-    sampler = trainer.WindowSampler(plan.train_coarse, cfg.seed)
+    sampler = WindowSampler(plan.train_coarse, cfg.seed)
     e = plan.epochs[0]
     sampler.configure(e["tokens"], e["batch"], plan.geometry.token_multiple)
-    loader, _ = trainer.make_loaders(cfg, plan, sampler, dist_info, device)
+    loader, _ = make_loaders(cfg, plan, sampler, dist_info, device)
     seconds = e["seconds"]
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; model {model_spec}; "

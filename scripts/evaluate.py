@@ -32,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snac import SNAC  # noqa: E402
 from snac.audio import AUDIO_EXTENSIONS, load_audio, resample  # noqa: E402
 from snac.hub import load_model  # noqa: E402
-from snac.infer import codec_config, decode_codes, encode_audio, load_codec_pair  # noqa: E402
+from snac.infer import codec_config, decode_codes, encode_audio, load_codec_pair, resolve_device  # noqa: E402
 from snac.metrics import all_metrics, optional_metrics_available  # noqa: E402
-
-DEFAULT_BASE = "hubertsiuzdak/snac_24khz"
+from snac.presets import DEFAULT_BASE  # noqa: E402
 COLUMNS = [("mel_distance", "mel dist. ↓", ".3f"), ("stft_distance", "MR-STFT dist. ↓", ".3f"),
            ("si_sdr", "SI-SDR dB ↑", ".2f"), ("lsd_high_band", "LSD {band} dB ↓", ".2f"),
            ("pesq_wb", "PESQ-WB ↑", ".3f"), ("stoi", "STOI ↑", ".3f")]
@@ -68,15 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--band {args.band}: need 0 <= low < high")
     args.band_hz = (low, high)
     return args
-
-
-def device_of(spec: str | None) -> torch.device:
-    if spec is None:
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(f"cuda:{spec}" if str(spec).isdigit() else spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {spec} asks for a GPU but torch sees none; use --device cpu")
-    return dev
 
 
 def fit(x: np.ndarray, n: int) -> np.ndarray:
@@ -142,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    device = device_of(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     root = Path(args.input_dir)
     if not root.is_dir():
         raise SystemExit(f"error: --input_dir {root} is not a folder of audio files")

@@ -90,17 +90,6 @@ def launched_runs(logs_root: Path) -> list[Path]:
 
 
 # ================================================================================ preflight
-def load_trainer():
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("finetune_decoder_48khz", TRAINER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["finetune_decoder_48khz"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def check_live_runs(logs_root: Path, out: Path, device: str, log_dir: Path) -> list[str]:
     """Refuse when a live run holds ``out`` or GPU ``device``; clear stale PID files. Returns notes."""
     notes = []
@@ -135,6 +124,7 @@ def check_live_runs(logs_root: Path, out: Path, device: str, log_dir: Path) -> l
 
 
 def preflight(args: argparse.Namespace) -> str:
+    sys.path.insert(0, str(ROOT))  # the package beside this script, also without an install
     from snac.fileio import write_json_atomic
     from snac.train.checkpoint import find_latest_checkpoint
     from snac.train.config import ConfigError, resolve_config
@@ -167,15 +157,15 @@ def preflight(args: argparse.Namespace) -> str:
     else:
         notes.append(f"starting a new run in {out}")
 
-    trainer = load_trainer()
     from snac.train.distributed import DistInfo
+    from snac.train.plan import PreflightError, preflight, total_iterations
 
     try:
-        plan = trainer.preflight(cfg, DistInfo())
-    except trainer.PreflightError as e:
+        plan = preflight(cfg, DistInfo())  # the trainer's own pre-flight, without starting it
+    except PreflightError as e:
         raise LaunchError(str(e)) from e
     notes.append(f"{len(plan.train_coarse)} training rows, {len(plan.epochs)} epochs, "
-                 f"{trainer.total_iterations(cfg, plan)} iterations planned")
+                 f"{total_iterations(cfg, plan)} iterations planned")
 
     log_dir.mkdir(parents=True, exist_ok=True)
     launch = {"output_dir": str(out), "device": args.device, "config": cfg.config,

@@ -1,4 +1,8 @@
-"""Reading and writing models in the Hugging Face hub layout (config.json + weights)."""
+"""Reading and writing models in the Hugging Face hub layout (config.json + weights), and load_model.
+
+The model classes register themselves here (``register_model``), so this module imports none of
+them: model.py and model48.py import the hub, never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,20 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+MODEL_CLASSES: dict[str, type] = {}  # model_kind -> class; filled by model.py and model48.py
+
+
+def register_model(kind: str):
+    """Class decorator: ``load_model`` builds configs of this ``kind`` with this class."""
+    def register(cls: type) -> type:
+        MODEL_CLASSES[kind] = cls
+        return cls
+    return register
+
+
+def model_kind(config: dict) -> str:
+    """'snac48' for a 48 kHz model's config (it names its ``base``), else 'snac'."""
+    return "snac48" if "base" in config else "snac"
 
 
 def _hub_download(repo_id: str, filename: str) -> str | None:
@@ -96,9 +114,6 @@ def load_model(spec: str | os.PathLike, map_location: str | torch.device = "cpu"
     A training checkpoint is a dict with ``model`` (state_dict) and ``model_config`` (the
     model's ``config``; a SNAC48 config has a ``base`` key).
     """
-    from .model import SNAC
-    from .model48 import SNAC48
-
     path = Path(spec)
     if path.is_file():
         try:
@@ -110,10 +125,8 @@ def load_model(spec: str | os.PathLike, map_location: str | torch.device = "cpu"
         if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
             raise ValueError(f"{path} is not a training checkpoint of this project "
                              "(expected keys 'model' and 'model_config')")
-        cls = SNAC48 if "base" in ckpt["model_config"] else SNAC
-        model = cls(**ckpt["model_config"]) if cls is SNAC else SNAC48.from_config_dict(ckpt["model_config"])
+        model = MODEL_CLASSES[model_kind(ckpt["model_config"])].from_config_dict(ckpt["model_config"])
         model.load_state_dict(ckpt["model"], strict=True)
         return model
     config, _ = resolve_pretrained(spec)
-    cls = SNAC48 if "base" in config else SNAC
-    return cls.from_pretrained(spec)
+    return MODEL_CLASSES[model_kind(config)].from_pretrained(spec)

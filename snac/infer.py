@@ -27,10 +27,26 @@ from torch import nn
 from .layers import NoiseBlock
 from .model import SNAC
 from .model48 import SNAC48
+from .presets import DEFAULT_BASE
 
 RESIDUAL_RADIUS = 3 * (1 + 3 + 9)  # three k7 residual units, dilations 1, 3, 9: +-39 samples
 CODES_FORMAT = "snac-codes"
 CODES_SUFFIX = ".codes.npz"
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """'cpu' | 'cuda' | 'cuda:N' | 'N' -> torch.device (default: cuda:0 when there is one, else cpu);
+    ValueError naming the fix for a GPU that is not there."""
+    if spec is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    spec = str(spec)
+    dev = torch.device(f"cuda:{spec}" if spec.isdigit() else spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec} asks for a GPU but torch sees none; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
+    return dev
 
 
 def codec_config(model: SNAC | SNAC48) -> dict:
@@ -91,13 +107,14 @@ def encoder_context_samples(model: SNAC) -> int:
 def noise_disabled(model: nn.Module) -> Iterator[None]:
     """Temporarily turn every NoiseBlock into an identity (to compare decodes deterministically)."""
     blocks = [m for m in model.modules() if isinstance(m, NoiseBlock)]
+    before = [block.enabled for block in blocks]
     for block in blocks:
-        block.forward = lambda x: x  # instance attribute shadows the class method
+        block.enabled = False
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward
+        for block, enabled in zip(blocks, before):
+            block.enabled = enabled
 
 
 def output_samples_per_frame(model: SNAC | SNAC48) -> int:
@@ -295,7 +312,7 @@ def recorded_base_model(checkpoint: str | os.PathLike) -> str | None:
 
 
 def load_codec_pair(checkpoint: str | os.PathLike, base_model: str | None, need_encoder: bool,
-                    need_stock: bool, default_base: str = "hubertsiuzdak/snac_24khz"
+                    need_stock: bool, default_base: str = DEFAULT_BASE
                     ) -> tuple[SNAC | SNAC48, SNAC | None, str | None]:
     """Load a checkpoint's decoder and, when needed, its base SNAC.
 

@@ -56,14 +56,18 @@ class NoiseBlock(nn.Module):
     """Adds per-sample Gaussian noise scaled by a learned 1x1 conv of the input.
 
     The noise is drawn on every call (in eval mode too), so decoding is random unless the
-    global RNG is seeded or the gains are zero.
+    global RNG is seeded, the gains are zero, or ``enabled`` is False (an identity then; not part
+    of the state_dict).
     """
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = wn_conv1d(dim, dim, kernel_size=1, bias=False)
+        self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
         b, _, t = x.shape
         noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
         return x + noise * self.linear(x)

@@ -9,7 +9,7 @@ import os
 import torch
 from torch import nn
 
-from .hub import load_weights, resolve_pretrained, save_pretrained_files
+from .hub import load_weights, model_kind, register_model, resolve_pretrained, save_pretrained_files
 from .layers import Decoder, Encoder
 from .vq import ResidualVectorQuantize
 
@@ -20,6 +20,7 @@ def check_audio(audio: torch.Tensor, sampling_rate: int) -> None:
         raise ValueError(f"expected mono audio of shape (B, 1, T) at {sampling_rate} Hz, got {shape}")
 
 
+@register_model("snac")
 class SNAC(nn.Module):
     """The published SNAC codec. Constructor arguments are the keys of the hub's config.json."""
 
@@ -73,20 +74,11 @@ class SNAC(nn.Module):
         """codes -> (B, 1, len(codes[-1]) * vq_strides[-1] * hop); nothing is trimmed."""
         return self.decoder(self.quantizer.from_codes(codes))
 
-    # ---- the parameter split the trainer's phases use (no string matching in the trainer) ----
-    def head_modules(self) -> list[nn.Module]:
-        """The output layers (final Snake and conv): what a warmup phase trains first."""
-        return [self.decoder.model[-3], self.decoder.model[-2]]
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """{'head': output layers, 'decoder': the rest of the decoder, 'frozen': encoder + VQ}."""
-        head = [p for m in self.head_modules() for p in m.parameters()]
-        head_ids = {id(p) for p in head}
-        decoder = [p for p in self.decoder.parameters() if id(p) not in head_ids]
-        frozen = list(self.encoder.parameters()) + list(self.quantizer.parameters())
-        return {"head": head, "decoder": decoder, "frozen": frozen}
-
     # ---- loading and saving ----
+    @classmethod
+    def from_config_dict(cls, config: dict) -> "SNAC":
+        return cls(**config)
+
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> "SNAC":
         with open(path) as f:
@@ -96,7 +88,7 @@ class SNAC(nn.Module):
     def from_pretrained(cls, id_or_dir: str | os.PathLike) -> "SNAC":
         """Load from a hub id or a local directory (config.json + model.safetensors/pytorch_model.bin)."""
         config, weights = resolve_pretrained(id_or_dir)
-        if "base" in config:
+        if model_kind(config) != "snac":
             raise ValueError(f"{id_or_dir} holds a 48 kHz model; load it with SNAC48.from_pretrained")
         model = cls(**config)
         model.load_state_dict(load_weights(weights), strict=True)

@@ -23,7 +23,7 @@ import os
 import torch
 from torch import nn
 
-from .hub import load_weights, resolve_pretrained, save_pretrained_files
+from .hub import load_weights, model_kind, register_model, resolve_pretrained, save_pretrained_files
 from .layers import (NoiseBlock, Snake1d, decoder_trunk, residual_stack, set_weight_norm_weight,
                      wn_conv1d, wn_conv_transpose1d)
 from .model import SNAC
@@ -92,6 +92,7 @@ class UpsampleHead(nn.Module):
         self.conv.bias.copy_(base_conv.bias)
 
 
+@register_model("snac48")
 class SNAC48(nn.Module):
     """Decodes a base SNAC model's codes at ``target_sample_rate`` (48 kHz by default)."""
 
@@ -138,14 +139,6 @@ class SNAC48(nn.Module):
         """codes -> (B, 1, factor * len(codes[-1]) * vq_strides[-1] * hop) at ``sampling_rate``."""
         return self.head(self.decoder.model(self.quantizer.from_codes(codes)))
 
-    def head_modules(self) -> list[nn.Module]:
-        return [self.head]
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """{'head': the new head, 'decoder': the pretrained trunk, 'frozen': the VQ}."""
-        return {"head": list(self.head.parameters()), "decoder": list(self.decoder.parameters()),
-                "frozen": list(self.quantizer.parameters())}
-
     # ---- loading and saving ----
     @classmethod
     def from_config_dict(cls, config: dict) -> "SNAC48":
@@ -154,7 +147,7 @@ class SNAC48(nn.Module):
     @classmethod
     def from_pretrained(cls, id_or_dir: str | os.PathLike) -> "SNAC48":
         config, weights = resolve_pretrained(id_or_dir)
-        if "base" not in config:
+        if model_kind(config) != "snac48":
             raise ValueError(f"{id_or_dir} holds a base SNAC model; build the 48 kHz model with "
                              "SNAC48.from_snac(SNAC.from_pretrained(...))")
         model = cls.from_config_dict(config)

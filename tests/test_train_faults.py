@@ -11,6 +11,7 @@ import torch
 
 from helpers_train import (SCRIPT, REPO, base_args, config, load_trainer, one_thread, pycache_env,  # noqa: F401
                            read_metrics, run_script, small_run_data)
+import snac.train.loop as loop
 from snac.train.checkpoint import load_checkpoint
 
 trainer = load_trainer()
@@ -83,7 +84,7 @@ def test_signals_save_and_exit_zero_and_a_second_one_exits_at_once(data, tmp_pat
 
 
 def test_non_finite_steps_are_skipped_counted_and_too_many_stop_the_run(data, tmp_path, monkeypatch):
-    real_step, calls = trainer.train_step, [0]
+    real_step, calls = loop.train_step, [0]
     bad_calls: set[int] = set()
 
     def sometimes_nan(step_model, batch, cfg, params, autocast):
@@ -95,7 +96,7 @@ def test_non_finite_steps_are_skipped_counted_and_too_many_stop_the_run(data, tm
             return {**metrics, "loss/total": torch.tensor(float("nan"))}, torch.tensor(False)
         return metrics, finite
 
-    monkeypatch.setattr(trainer, "train_step", sometimes_nan)
+    monkeypatch.setattr(loop, "train_step", sometimes_nan)
     bad_calls.update({2})
     assert trainer.train(config(data["root"], data["model"], data["train"], data["val"], tmp_path / "a",
                                 batch_size=3, max_bad_steps=2, val_examples=0)) == 0

@@ -9,7 +9,11 @@ import torch
 from helpers_train import (TINY_24KHZ, TINY_32KHZ, config, load_trainer, one_thread, read_metrics,  # noqa: F401
                            save_tiny_model, tiny_snac, write_cache)
 from snac import SNAC, SNAC48, load_model
+import snac.train.loop as loop
+import snac.train.plan as plan_module
 from snac.train.checkpoint import load_checkpoint, save_checkpoint
+from snac.train.config import TrainConfig
+from snac.train.phases import make_optimizer, parameter_groups, set_phase
 
 trainer = load_trainer()
 DURATIONS = [0.5, 0.8, 1.0, 0.3, 1.2, 0.6, 0.9, 0.7]  # 8 rows: 0.3 s = 4 coarse tokens
@@ -56,20 +60,20 @@ def test_phases_train_exactly_the_right_parameters(data, tmp_path):
     assert all(torch.equal(final["model"][k], base_sd[k]) for k in base_sd if k.startswith("quantizer."))
     # SNAC (24 kHz mode): encoder and VQ frozen in both phases; warmup trains the output layers only
     snac = SNAC(**base.config)
-    info = trainer.set_phase(snac, "warmup")
-    head = {id(p) for p in snac.parameter_groups()["head"]}
+    info = set_phase(snac, "warmup")
+    head = {id(p) for p in parameter_groups(snac)["head"]}
     assert {id(p) for p in snac.parameters() if p.requires_grad} == head and info["trainable_params"] > 0
-    trainer.set_phase(snac, "unfreeze")
+    set_phase(snac, "unfreeze")
     assert not any(p.requires_grad for p in list(snac.encoder.parameters()) + list(snac.quantizer.parameters()))
     assert all(p.requires_grad for p in snac.decoder.parameters())
-    optimizer = trainer.make_optimizer(snac, trainer.TrainConfig(train_codes="x"))
+    optimizer = make_optimizer(snac, TrainConfig(train_codes="x"))
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in snac.decoder.parameters()}
 
 
 def test_checkpoint_cadence_iterations_timer_epochs_and_best(data, tmp_path, monkeypatch):
     now = [0.0]
-    real_step, real_val = trainer.train_step, trainer.run_validation
+    real_step, real_val = loop.train_step, loop.run_validation
     val_calls = []
 
     def step_35_seconds(*args, **kwargs):
@@ -83,8 +87,8 @@ def test_checkpoint_cadence_iterations_timer_epochs_and_best(data, tmp_path, mon
             losses = {**losses, "loss/total": float("nan")}
         return losses, kept
 
-    monkeypatch.setattr(trainer, "train_step", step_35_seconds)
-    monkeypatch.setattr(trainer, "run_validation", val_nan_at_the_end)
+    monkeypatch.setattr(loop, "train_step", step_35_seconds)
+    monkeypatch.setattr(loop, "run_validation", val_nan_at_the_end)
     # 8 rows, batch 3: 3 steps per epoch, 9 in all; iteration checkpoints at 4 and 8
     assert run(data, tmp_path, clock=lambda: now[0], batch_size=3, checkpoint_every=4,
                checkpoint_minutes=1, keep_last=1) == 0
@@ -159,8 +163,8 @@ def test_bad_input_fails_before_model_work_with_one_line(data, tmp_path, monkeyp
     def no_model_work(*a, **k):
         raise AssertionError("model work started before the input was checked")
 
-    monkeypatch.setattr(trainer, "load_model", no_model_work)
-    monkeypatch.setattr(trainer, "build_model", no_model_work)
+    monkeypatch.setattr(plan_module, "load_model", no_model_work)
+    monkeypatch.setattr(loop, "build_model", no_model_work)
     out = tmp_path / "run"
     overrides, expect = {}, ""
     if case == "missing cache":

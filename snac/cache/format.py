@@ -70,7 +70,6 @@ def list_shards(cache_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in cache_dir.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}") if p.is_file())
 
 
-
 def reject_log(cache_dir: Path, worker_index: int) -> Path:
     """A worker's log of files it could not cache (one JSON object per line)."""
     return Path(cache_dir) / META_DIR / f"rejected-w{worker_index:05d}.jsonl"
@@ -88,7 +87,6 @@ def read_rejections(cache_dir: str | os.PathLike) -> dict[str, str]:
             if rec["path"] not in out or rec.get("time", "") >= out[rec["path"]][1]:
                 out[rec["path"]] = (rec["reason"], rec.get("time", ""))
     return {p: r for p, (r, _) in out.items()}
-
 
 
 def model_settings(model_id: str, config: dict, target_sample_rate: int, embed_audio: bool,
@@ -180,7 +178,6 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict:
         raise ValueError(f"{path} has cache format {manifest['format_version']}, this code reads "
                          f"{FORMAT_VERSION}; re-make the cache with this version")
     return manifest
-
 
 
 def canonical_model_config(config: dict) -> dict:

@@ -184,7 +184,6 @@ def _build_index_locked(cache_dir: Path, manifest: dict, shards: list[Path], fin
     return final
 
 
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m snac.cache CACHE_DIR``: (re)build the flat random-access index of a cache."""
     import argparse

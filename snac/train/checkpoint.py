@@ -1,4 +1,4 @@
-"""Atomic training checkpoints: write, find, rotate, clean.
+"""Atomic training checkpoints (write, find, rotate, clean) and RNG states as checkpoint data.
 
 A checkpoint is one dict of tensors, numbers, strings, lists and dicts (loadable with
 ``torch.load(..., weights_only=True)``). It is written to a temporary file in the same directory,

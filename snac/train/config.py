@@ -13,6 +13,8 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from ..presets import DEFAULT_BASE
+
 
 class ConfigError(ValueError):
     """A bad option; the message is one line that names the option and the fix."""
@@ -29,7 +31,7 @@ class TrainConfig:
     # ---- inputs ----
     config: str | None = _opt(None, "JSON file whose keys are these flags; explicit flags win over it")
     pretrained_model: str = _opt(
-        "hubertsiuzdak/snac_24khz",
+        DEFAULT_BASE,
         "hub id, local model dir, or a .pt checkpoint of this script (its 24 kHz mode for a 48 kHz run)")
     train_codes: str | None = _opt(None, "code cache directory of the training set (required)")
     val_codes: str | None = _opt(None, "code cache directory of the validation set (none: no validation, "
@@ -198,16 +200,6 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
     if explicit.get("config"):
         values.update(load_config_file(explicit["config"]))
     values.update(explicit)
-    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(values: dict) -> TrainConfig:
-    """A validated TrainConfig from a plain dict (tests, programmatic use); unknown keys refused."""
-    unknown = sorted(set(values) - set(FIELD_NAMES))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}")
     cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate(cfg)
     return cfg

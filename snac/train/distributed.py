@@ -1,13 +1,15 @@
-"""DDP boilerplate in one place; every helper is a no-op in a single process.
+"""DDP boilerplate and the stop signal in one place; every helper is a no-op in a single process.
 
 Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) :func:`setup_dist` initialises the process
 group (nccl on GPUs, gloo on CPU). Decisions that every rank must take together (timer save,
-stop on a signal, skip a non-finite step) go through :func:`agree_any`.
+stop on a signal, skip a non-finite step) go through :func:`agree_any`; :class:`StopFlag` records
+the signal that the step's agreement then shares.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +61,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def print0(*args: Any, **kwargs: Any) -> None:
-    if is_main():
-        print(*args, **kwargs, flush=True)
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of ``t`` over ranks (in place, returned); identity in a single process."""
     if dist.is_initialized():
@@ -84,15 +77,6 @@ def agree_any(flags: torch.Tensor) -> list[bool]:
     return [v > 0 for v in flags.tolist()]
 
 
-def broadcast_object(obj: Any) -> Any:
-    """rank 0's ``obj`` on every rank."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_objects(obj: Any) -> list[Any]:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if not dist.is_initialized():
@@ -105,3 +89,25 @@ def gather_objects(obj: Any) -> list[Any]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class StopFlag:
+    """First SIGTERM/SIGINT: finish the step, save, exit 0. Second: exit at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self.previous[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+

@@ -1,0 +1,177 @@
+"""Pre-flight of a training run: every input checked and the curriculum laid out before model work.
+
+Raises :class:`PreflightError` with one line naming the fix; ``build_model`` makes the model to train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .. import SNAC, SNAC48, load_model
+from ..hub import resolve_pretrained
+from .checkpoint import find_latest_checkpoint, load_checkpoint
+from .config import TrainConfig, epoch_plan
+from .distributed import DistInfo
+from .windows import WindowGeometry, WindowSampler
+
+
+class PreflightError(ValueError):
+    """Bad input found before any model work; the message is one line naming the fix."""
+
+
+def read_base_config(spec: str) -> tuple[dict, dict | None]:
+    """(base SNAC config, full model config if ``spec`` is already a 48 kHz model) without
+    building a model: from a checkpoint's ``model_config``, a directory's or the hub's config.json."""
+    path = Path(spec)
+    if path.is_file():
+        try:
+            config = load_checkpoint(path, mmap=True)["model_config"]
+        except (ValueError, KeyError) as e:
+            raise PreflightError(f"--pretrained_model {spec}: {e}") from e
+    else:
+        try:
+            config, _ = resolve_pretrained(spec)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise PreflightError(f"--pretrained_model {spec}: {e}") from e
+    base = dict(config["base"]) if "base" in config else dict(config)
+    if base.get("latent_dim") is None:  # hub configs leave it implicit
+        base["latent_dim"] = base["encoder_dim"] * 2 ** len(base["encoder_rates"])
+    return base, (config if "base" in config else None)
+
+
+def open_cache(directory: str | None, flag: str, base_config: dict, limit: int | None):
+    from snac.cache import CodeCache  # the cache reader (cache_codes_multigpu.py writes the caches)
+
+    if directory is None:
+        return None, None
+    try:
+        cache = CodeCache(directory, expected_model_config=base_config)
+    except (ValueError, OSError) as e:
+        raise PreflightError(f"{flag} {directory}: {e}") from e
+    rows = len(cache) if limit is None else min(limit, len(cache))
+    return cache, np.asarray(cache.num_coarse[:rows], dtype=np.int64)
+
+
+@dataclass
+class RunPlan:
+    """Everything decided before model work: inputs checked, curriculum laid out."""
+
+    base_config: dict
+    pretrained_config: dict | None  # set when --pretrained_model is already a 48 kHz model
+    resume_path: Path | None
+    resume_state: dict | None
+    train_cache: Any
+    train_coarse: np.ndarray  # (rows,) coarse tokens per training row (after --limit)
+    val_cache: Any
+    val_coarse: np.ndarray | None
+    geometry: WindowGeometry
+    val_geometry: WindowGeometry | None
+    epochs: list[dict] = field(default_factory=list)  # per epoch: seconds, tokens, batch, steps, phase
+
+
+def phase_of(cfg: TrainConfig, epoch: int) -> str:
+    """1-based epoch -> 'warmup' (head only) or 'unfreeze' (head + decoder)."""
+    return "warmup" if epoch <= cfg.warmup_epochs else "unfreeze"
+
+
+def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
+    """Check every input and lay out the curriculum; raises PreflightError (one line)."""
+    out = Path(cfg.output_dir)
+    # ---- what to resume from
+    resume_path, resume_state = None, None
+    if cfg.resume == "auto":
+        resume_path = find_latest_checkpoint(out)
+    elif cfg.resume:
+        resume_path = Path(cfg.resume)
+    if resume_path is not None:
+        try:
+            resume_state = load_checkpoint(resume_path, mmap=True)
+        except ValueError as e:
+            raise PreflightError(f"--resume: {e}") from e
+    elif cfg.resume is None and find_latest_checkpoint(out) is not None:
+        raise PreflightError(f"{out} already holds checkpoints; pass --resume auto to continue that run "
+                             "or choose a new --output_dir")
+    # ---- the model the codes come from
+    try:
+        base_config, pretrained_config = read_base_config(cfg.pretrained_model)
+    except PreflightError:
+        if resume_state is None:
+            raise
+        base_config, pretrained_config = None, None  # e.g. offline: the checkpoint carries the model
+    if resume_state is not None:
+        ckpt_base = dict(resume_state["base_model_config"])
+        if base_config is not None and ckpt_base != base_config:
+            raise PreflightError(f"checkpoint {resume_path} was trained from another base model than "
+                                 f"--pretrained_model {cfg.pretrained_model}; use that model or a new "
+                                 "--output_dir")
+        ckpt_rate = resume_state["model_config"].get("target_sample_rate", ckpt_base["sampling_rate"])
+        if ckpt_rate != cfg.target_sample_rate:
+            raise PreflightError(f"checkpoint {resume_path} decodes at {ckpt_rate} Hz but "
+                                 f"--target_sample_rate is {cfg.target_sample_rate}; match them or use "
+                                 "a new --output_dir")
+        base_config = ckpt_base
+    base_rate = base_config["sampling_rate"]
+    if cfg.target_sample_rate != base_rate and (cfg.target_sample_rate % base_rate
+                                                or cfg.target_sample_rate < 2 * base_rate):
+        raise PreflightError(f"--target_sample_rate {cfg.target_sample_rate} must equal the base rate "
+                             f"{base_rate} or be a multiple of it (>= 2x)")
+    if pretrained_config is not None and pretrained_config["target_sample_rate"] != cfg.target_sample_rate:
+        raise PreflightError(f"--pretrained_model decodes at {pretrained_config['target_sample_rate']} Hz, "
+                             f"not --target_sample_rate {cfg.target_sample_rate}")
+    # ---- caches and window geometry
+    train_cache, train_coarse = open_cache(cfg.train_codes, "--train_codes", base_config, cfg.limit)
+    val_cache, val_coarse = open_cache(cfg.val_codes, "--val_codes", base_config, cfg.limit)
+    try:
+        geometry = WindowGeometry.from_configs(base_config, train_cache.target_sample_rate,
+                                               cfg.target_sample_rate)
+        val_geometry = None if val_cache is None else WindowGeometry.from_configs(
+            base_config, val_cache.target_sample_rate, cfg.target_sample_rate)
+    except ValueError as e:
+        raise PreflightError(str(e)) from e
+    # ---- curriculum: window length, batch, steps and phase of every epoch
+    if len(train_coarse) < dist_info.world_size:
+        raise PreflightError(f"--train_codes has {len(train_coarse)} rows, fewer than the "
+                             f"{dist_info.world_size} ranks; use more data or fewer processes")
+    longest = int(train_coarse.max())
+    sampler = WindowSampler(train_coarse, cfg.seed, dist_info.rank, dist_info.world_size)
+    epochs = []
+    for epoch in range(1, cfg.epochs + 1):
+        seconds, batch = epoch_plan(cfg, epoch)
+        tokens = geometry.tokens_for_seconds(seconds)
+        if tokens > longest:
+            raise PreflightError(f"segment of {seconds:g} s (epoch {epoch}) is longer than every training "
+                                 f"utterance (longest {geometry.seconds(longest):.2f} s); lower "
+                                 "--segment_length / --segment_schedule")
+        epochs.append({"epoch": epoch, "seconds": geometry.seconds(tokens), "tokens": tokens,
+                       "batch": batch, "steps": sampler.batches_in_epoch(batch), "phase": phase_of(cfg, epoch)})
+    if val_cache is not None:
+        val_tokens = val_geometry.tokens_for_seconds(cfg.val_segment_length)
+        if val_tokens > int(val_coarse.max()):
+            raise PreflightError(f"--val_segment_length {cfg.val_segment_length:g} s is longer than every "
+                                 f"val utterance (longest {val_geometry.seconds(int(val_coarse.max())):.2f} s); "
+                                 "lower it")
+    return RunPlan(base_config, pretrained_config, resume_path, resume_state, train_cache, train_coarse,
+                   val_cache, val_coarse, geometry, val_geometry, epochs)
+
+
+def build_model(cfg: TrainConfig, plan: RunPlan) -> nn.Module:
+    """SNAC48 (new head on the base) for a higher target rate, or the SNAC itself at its own rate.
+    (Pre-flight already refused a 48 kHz --pretrained_model whose rate is not --target_sample_rate.)"""
+    if plan.resume_state is not None:
+        model_config = plan.resume_state["model_config"]
+        return SNAC48.from_config_dict(model_config) if "base" in model_config else SNAC(**model_config)
+    loaded = load_model(cfg.pretrained_model)
+    if isinstance(loaded, SNAC48) or cfg.target_sample_rate == plan.base_config["sampling_rate"]:
+        return loaded  # continue fine-tuning a 48 kHz model, or the stock decoder at its own rate
+    return SNAC48.from_snac(loaded, cfg.target_sample_rate)
+
+
+def total_iterations(cfg: TrainConfig, plan: RunPlan) -> int:
+    total = sum(e["steps"] for e in plan.epochs)
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
