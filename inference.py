@@ -9,13 +9,16 @@
 The codes always come from the base model's frozen encoder (a SNAC48 has no encoder of its own):
 audio of any rate and channel count is downmixed to mono, resampled to the base rate (24 kHz),
 encoded, decoded by the checkpoint at its rate (48 kHz for a SNAC48; a 24 kHz-mode checkpoint
-decodes at 24 kHz) and trimmed to the input's duration. Long files are encoded and decoded in
-overlapping chunks (``--chunk_seconds``), so memory stays bounded.
+decodes at 24 kHz) and trimmed to the input's duration. A file is read, downmixed and resampled
+in blocks and encoded and decoded in overlapping chunks (``--chunk_seconds``), so host and device
+memory stay flat in the file's length. An export made by scripts/export_pretrained.py holds its
+base's encoder and needs nothing else (no network); a training checkpoint names its base.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import time
@@ -27,11 +30,14 @@ import torch
 from tqdm import tqdm
 
 from snac import SNAC
-from snac.audio import AUDIO_EXTENSIONS, load_audio, resample
-from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_audio, iter_decode,
+from snac.audio import AUDIO_EXTENSIONS, audio_info, iter_resampled_blocks
+from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_blocks, iter_decode,
                         load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
 from snac.layers import fold_weight_norm
 from snac.presets import DEFAULT_BASE
+
+SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")  # wav sample formats worth writing
+READ_BLOCK_SECONDS = 10.0  # input read/resample block when --chunk_seconds is 0 (whole file anyway)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,10 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="audio file or folder (with --from_codes: codes file or folder)")
     p.add_argument("--output", required=True,
                    help="output wav (for a file input) or folder (for a folder input; layout kept)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or a GPU index (default: cuda:0 if present)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or a GPU index (default: cuda:0 if "
+                   "there is a GPU, else cpu)")
     p.add_argument("--base_model", default=None,
-                   help="base SNAC (hub id or dir) whose encoder makes the codes; default: the "
-                        f"checkpoint's recorded --pretrained_model when it can be found, else {DEFAULT_BASE}")
+                   help="base SNAC (hub id or dir) whose encoder makes the codes (default: the encoder "
+                        "an export holds, else the checkpoint's recorded --pretrained_model when it can be "
+                        f"found, else {DEFAULT_BASE})")
     p.add_argument("--save_codes", action="store_true",
                    help=f"also write the codes next to each output as <name>{CODES_SUFFIX}")
     p.add_argument("--from_codes", action="store_true",
@@ -52,9 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", action="store_true",
                    help="also write the stock base-model decode of the same codes as <name>.stock_<rate>.wav")
     p.add_argument("--chunk_seconds", type=float, default=30.0,
-                   help="audio per encode/decode chunk (memory bound); 0 = whole file in one piece")
-    p.add_argument("--seed", type=int, default=0, help="seed of the decoder's noise, set before each file")
-    p.add_argument("--subtype", default="PCM_16", help="soundfile wav subtype: PCM_16, PCM_24 or FLOAT")
+                   help="audio per read/encode/decode chunk, bounds host and GPU memory (default: 30); "
+                        "0 = whole file in one piece")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the decoder's noise, set before each chunk of each file (default: 0)")
+    p.add_argument("--subtype", default="PCM_16", choices=SUBTYPES,
+                   help="sample format of the written wav files (default: PCM_16)")
     args = p.parse_args(argv)
     if args.chunk_seconds < 0:
         p.error("--chunk_seconds must be >= 0 (0 = no chunking)")
@@ -93,17 +104,40 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
+def plan_jobs(src: Path, dst: Path, from_codes: bool) -> list[tuple[Path, Path]]:
+    """(input, output wav) pairs; every mistake in --input/--output is refused here, before any model
+    is loaded."""
+    if not src.exists():
+        raise SystemExit(f"error: --input {src} does not exist")
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            raise SystemExit(f"error: --input is a folder, so --output must be a folder; {dst} is a file")
+        if not dst.exists() and dst.suffix.lower() in (".wav", *AUDIO_EXTENSIONS):
+            raise SystemExit(f"error: --input is a folder, so --output must be a folder; {dst} is a file "
+                             "name: pass a folder (the input layout is kept under it)")
+        files = find_inputs(src, from_codes)
+        if not files:
+            kind = f"{CODES_SUFFIX} files" if from_codes else f"audio files ({', '.join(AUDIO_EXTENSIONS)})"
+            raise SystemExit(f"error: --input {src} holds no {kind}")
+        return [(f, dst / f.relative_to(src).parent / f"{output_stem(f)}.wav") for f in files]
+    if from_codes and not src.name.endswith(CODES_SUFFIX):
+        raise SystemExit(f"error: --from_codes expects a {CODES_SUFFIX} file, got {src}")
+    out = dst / f"{output_stem(src)}.wav" if dst.is_dir() else dst
+    if out.suffix.lower() != ".wav":
+        raise SystemExit(f"error: --output {dst} must end in .wav (or be an existing folder)")
+    return [(src, out)]
+
+
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the hub's weight digest line
     try:
         device = resolve_device(args.device)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     chunk = args.chunk_seconds or None
-
     src, dst = Path(args.input), Path(args.output)
-    if not src.exists():
-        raise SystemExit(f"error: --input {src} does not exist")
+    jobs = plan_jobs(src, dst, args.from_codes)
 
     # ---- models ----
     try:
@@ -123,23 +157,6 @@ def _main(argv: list[str] | None) -> int:
     out_rate = model.sampling_rate
     codec_rate = codec["sampling_rate"]
 
-    # ---- inputs -> outputs ----
-    if src.is_dir():
-        files = find_inputs(src, args.from_codes)
-        if not files:
-            kind = f"{CODES_SUFFIX} files" if args.from_codes else f"audio files ({', '.join(AUDIO_EXTENSIONS)})"
-            raise SystemExit(f"error: --input {src} holds no {kind}")
-        if dst.exists() and not dst.is_dir():
-            raise SystemExit(f"error: --input is a folder, so --output must be a folder; {dst} is a file")
-        jobs = [(f, dst / f.relative_to(src).parent / f"{output_stem(f)}.wav") for f in files]
-    else:
-        if args.from_codes and not src.name.endswith(CODES_SUFFIX):
-            raise SystemExit(f"error: --from_codes expects a {CODES_SUFFIX} file, got {src}")
-        out = dst / f"{output_stem(src)}.wav" if dst.is_dir() else dst
-        if out.suffix.lower() != ".wav":
-            raise SystemExit(f"error: --output {dst} must end in .wav (or be an existing folder)")
-        jobs = [(src, out)]
-
     failures, seconds = [], 0.0
     start = time.time()
     for path, out in tqdm(jobs, desc="decoding", unit="file", disable=len(jobs) == 1):
@@ -151,22 +168,23 @@ def _main(argv: list[str] | None) -> int:
                                      f"({config_difference(meta['model_config'], codec)})")
                 src_rate, src_len = meta["source_sample_rate"], meta["source_num_samples"]
             else:
-                audio, src_rate = load_audio(path, mono=True)  # (frames,) float32
-                src_len = len(audio)
-                codes = encode_audio(encoder, resample(audio, src_rate, codec_rate), chunk, device=device)
-            torch.manual_seed(args.seed)
+                info = audio_info(path)
+                src_rate, src_len = info.sample_rate, info.frames
+                # read, downmix and resample block by block: host memory flat in the file's length
+                blocks = iter_resampled_blocks(path, codec_rate, chunk or READ_BLOCK_SECONDS, mono=True)
+                codes = encode_blocks(encoder, blocks, chunk, device=device)
             length = math.ceil(src_len * out_rate / src_rate)  # output trimmed to the input's duration
-            write_stream(out, iter_decode(model, codes, chunk, device=device), out_rate, length, args.subtype)
+            write_stream(out, iter_decode(model, codes, chunk, device=device, seed=args.seed), out_rate,
+                         length, args.subtype)
             if args.save_codes:
                 save_codes(out.with_name(output_stem(out) + CODES_SUFFIX), codes,
                            {"model_config": codec, "source_sample_rate": src_rate,
                             "source_num_samples": src_len, "source": str(path)})
-            if args.compare:
-                torch.manual_seed(args.seed)
+            if args.compare:  # same per-chunk seeds: the shared trunk draws the same noise
                 stock_len = math.ceil(src_len * base.sampling_rate / src_rate)
                 stock_out = out.with_name(f"{output_stem(out)}.stock_{base.sampling_rate // 1000}khz.wav")
-                write_stream(stock_out, iter_decode(base, codes, chunk, device=device), base.sampling_rate,
-                             stock_len, args.subtype)
+                write_stream(stock_out, iter_decode(base, codes, chunk, device=device, seed=args.seed),
+                             base.sampling_rate, stock_len, args.subtype)
             seconds += src_len / src_rate
         except Exception as e:  # one bad file must not stop a folder run; say which and why
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

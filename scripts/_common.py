@@ -7,6 +7,7 @@ is committed or installed into the project.
 
 import importlib
 import os
+import warnings
 import subprocess
 import sys
 import zipfile
@@ -42,4 +43,8 @@ def import_reference():
             tmp.replace(pkg)
     if str(pkg) not in sys.path:
         sys.path.insert(0, str(pkg))
-    return importlib.import_module("snac_ref")
+    with warnings.catch_warnings():
+        # upstream decorates snake() with torch.jit.script, which torch >= 2.10 deprecates at import
+        # time; it is upstream's code, not ours, so the warning says nothing about this project
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        return importlib.import_module("snac_ref")

@@ -8,17 +8,22 @@
 Each file is downmixed to mono; the reference is the file at ``--sample_rate`` (48 kHz). The
 codes come from the base model's encoder on the file resampled to the base rate; they are
 decoded by the checkpoint (48 kHz) and by the stock base decoder (24 kHz, resampled to 48 kHz),
-both trimmed to the reference's length, with the same noise seed. Metrics (snac/metrics.py):
-mel distance, multi-resolution STFT distance, SI-SDR, log-spectral distance of the 12-24 kHz
-band, and PESQ-WB / STOI at 16 kHz when the optional packages are installed. Writes
-``report.md`` and ``metrics.json`` (means and per-file rows) and spectrogram PNGs comparing the
-original with both decodes. Without ``--checkpoint`` only the stock decoder is measured.
+both trimmed to the reference's length; the noise is reseeded at every decoding chunk, so both
+systems draw the same noise on every chunk. Metrics (snac/metrics.py): mel distance,
+multi-resolution STFT distance, SI-SDR, log-spectral distance of the 12-24 kHz band, and PESQ-WB /
+STOI at 16 kHz when the optional packages are installed. The band is scored only where the source
+has it: clipped at the source's Nyquist (16 kHz for a 32 kHz file), skipped when the source has
+nothing above its low edge (24 kHz and lower sources). A metric that fails on a file (PESQ finds
+no utterance, ...) is counted and reported per system, not dropped. Writes ``report.md`` and
+``metrics.json`` (means, failures and per-file rows) and spectrogram PNGs comparing the original
+with both decodes. Without ``--checkpoint`` only the stock decoder is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -35,6 +40,7 @@ from snac.hub import load_model  # noqa: E402
 from snac.infer import codec_config, decode_codes, encode_audio, load_codec_pair, resolve_device  # noqa: E402
 from snac.metrics import all_metrics, optional_metrics_available  # noqa: E402
 from snac.presets import DEFAULT_BASE  # noqa: E402
+
 COLUMNS = [("mel_distance", "mel dist. ↓", ".3f"), ("stft_distance", "MR-STFT dist. ↓", ".3f"),
            ("si_sdr", "SI-SDR dB ↑", ".2f"), ("lsd_high_band", "LSD {band} dB ↓", ".2f"),
            ("pesq_wb", "PESQ-WB ↑", ".3f"), ("stoi", "STOI ↑", ".3f")]
@@ -48,15 +54,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base_model", default=None,
                    help=f"base SNAC for the codes and the stock decode (default: the checkpoint's recorded "
                         f"--pretrained_model, else {DEFAULT_BASE})")
-    p.add_argument("--output_dir", default="eval_report", help="where report.md, metrics.json, spectrograms/ go")
-    p.add_argument("--sample_rate", type=int, default=48000, help="rate of the references and the comparison")
-    p.add_argument("--band", default="12000,24000", help="band of the log-spectral distance, Hz 'low,high'")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or a GPU index")
+    p.add_argument("--output_dir", default="eval_report",
+                   help="where report.md, metrics.json, spectrograms/ go (default: eval_report)")
+    p.add_argument("--sample_rate", type=int, default=48000,
+                   help="rate of the references and the comparison (default: 48000)")
+    p.add_argument("--band", default="12000,24000",
+                   help="band of the log-spectral distance, Hz 'low,high' (default: 12000,24000); clipped "
+                        "at each source's Nyquist")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or a GPU index (default: cuda:0 if there is a GPU, else cpu)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files (sorted by path)")
     p.add_argument("--max_seconds", type=float, default=None, help="evaluate only the first S seconds of each file")
-    p.add_argument("--spectrograms", type=int, default=4, help="files that get a spectrogram PNG")
-    p.add_argument("--chunk_seconds", type=float, default=30.0, help="encode/decode chunk (memory bound)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the decoders' noise (same for both systems)")
+    p.add_argument("--spectrograms", type=int, default=4, help="files that get a spectrogram PNG (default: 4)")
+    p.add_argument("--chunk_seconds", type=float, default=30.0,
+                   help="encode/decode chunk, bounds memory (default: 30); 0 = whole file in one piece")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the decoders' noise, reseeded per chunk, the same for both systems (default: 0)")
     p.add_argument("--no_optional", action="store_true", help="skip PESQ/STOI even when installed")
     args = p.parse_args(argv)
     try:
@@ -65,13 +78,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--band must be two numbers 'low,high' in Hz, got {args.band!r}")
     if not 0 <= low < high:
         p.error(f"--band {args.band}: need 0 <= low < high")
+    if args.sample_rate <= 0 or args.chunk_seconds < 0:
+        p.error("--sample_rate must be > 0 and --chunk_seconds >= 0")
+    if args.limit is not None and args.limit < 1 or args.max_seconds is not None and args.max_seconds <= 0:
+        p.error("--limit must be >= 1 and --max_seconds > 0 when given")
     args.band_hz = (low, high)
     return args
+
+
+def scored_band(low: float, high: float, source_rate: int, rate: int) -> tuple[float, float] | None:
+    """The part of the band [low, high] that a source at ``source_rate`` has, compared at ``rate``:
+    clipped at the source's (and the comparison's) Nyquist; None when nothing above ``low`` is left."""
+    top = min(high, source_rate / 2, rate / 2)
+    return (low, top) if top > low else None
 
 
 def fit(x: np.ndarray, n: int) -> np.ndarray:
     """Trim or zero-pad to n samples."""
     return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+def failure_notes(failures: dict[str, dict[str, list[str]]], counts: dict[str, int]) -> list[str]:
+    """'PESQ-WB failed on 2 of 6 file(s) for model 48 kHz (first: a.wav: NoUtterancesError: ...)'."""
+    labels = {k: label.format(band="band") for k, label, _ in COLUMNS}
+    notes = []
+    for system, per_metric in failures.items():
+        for metric, items in per_metric.items():
+            notes.append(f"{labels[metric].split(' ')[0]} failed on {len(items)} of {counts[system]} file(s) "
+                         f"for {system}, left out of its mean (first: {items[0]})")
+    return notes
 
 
 def mean(values: list) -> float | None:
@@ -163,10 +198,12 @@ def _main(argv: list[str] | None) -> int:
     codec_rate = codec_config(base)["sampling_rate"]
     optional = optional_metrics_available()
     use_optional = not args.no_optional and any(optional.values())
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the hub's weight digest line
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, pngs, notes, seconds, upsampled = [], [], [], 0.0, 0
+    rows, pngs, notes, seconds, upsampled, no_band, clipped = [], [], [], 0.0, 0, 0, 0
+    failures: dict[str, dict[str, list[str]]] = {name: {} for name in systems}
     start = time.time()
     for i, path in enumerate(tqdm(files, desc="evaluating", unit="file")):
         audio, src_rate = load_audio(path, mono=True)
@@ -174,27 +211,37 @@ def _main(argv: list[str] | None) -> int:
             audio = audio[:int(args.max_seconds * src_rate)]
         ref = resample(audio, src_rate, rate)
         seconds += len(audio) / src_rate
-        # a source below 2 x low has nothing in the band: its band distance would measure nothing
-        has_band = src_rate >= 2 * low
+        # score only the part of the band the source has: none for a 24 kHz source, up to 16 kHz for 32 kHz
+        band = scored_band(low, high, src_rate, rate)
+        no_band += band is None
+        clipped += band is not None and band[1] < high
         upsampled += src_rate < rate
         codes = encode_audio(base, resample(audio, src_rate, codec_rate), args.chunk_seconds or None, device=device)
         decoded = {}
         for name, system in systems.items():
-            torch.manual_seed(args.seed)
-            y = decode_codes(system, codes, args.chunk_seconds or None, device=device)
+            # reseeded per chunk: a SNAC48 and its base draw the same trunk noise on every chunk
+            y = decode_codes(system, codes, args.chunk_seconds or None, device=device, seed=args.seed)
             decoded[name] = fit(resample(y, system.sampling_rate, rate), len(ref))
-            m = all_metrics(ref, decoded[name], rate, (low, high), optional=use_optional)
-            if not has_band:
-                m["lsd_high_band"] = None
-            rows.append({"file": str(path.relative_to(root)), "system": name, "source_sample_rate": src_rate, **m})
+            errors: dict[str, str] = {}
+            m = all_metrics(ref, decoded[name], rate, band, optional=use_optional, errors=errors)
+            for metric, error in errors.items():
+                failures[name].setdefault(metric, []).append(f"{path.relative_to(root)}: {error}")
+            rows.append({"file": str(path.relative_to(root)), "system": name, "source_sample_rate": src_rate,
+                         "band_hz": list(band) if band else None, **m, "errors": errors})
         if i < args.spectrograms:
             png = out / "spectrograms" / (str(path.relative_to(root).with_suffix("")).replace("/", "__") + ".png")
             spectrogram_png(png, str(path.relative_to(root)), {"original": ref, **decoded}, rate, low)
             pngs.append(str(png.relative_to(out)))
 
     if upsampled:
-        notes.append(f"{upsampled} file(s) had a rate below {rate} Hz and were upsampled for the reference; "
-                     f"those below {2 * low:.0f} Hz are left out of the band distance (nothing to compare).")
+        notes.append(f"{upsampled} file(s) had a rate below {rate} Hz and were upsampled for the reference.")
+    if no_band:
+        notes.append(f"{no_band} file(s) at {2 * low:.0f} Hz or below have nothing above {low:.0f} Hz: "
+                     "left out of the band distance.")
+    if clipped:
+        notes.append(f"{clipped} file(s) have a Nyquist below {high:.0f} Hz: their band distance stops there "
+                     "(per-file bands in metrics.json).")
+    notes += failure_notes(failures, {name: len(files) for name in systems})
     if not use_optional:
         why = "--no_optional" if args.no_optional else "packages pesq/pystoi not installed (uv sync --extra eval)"
         notes.append(f"PESQ-WB and STOI skipped: {why}.")
@@ -211,6 +258,7 @@ def _main(argv: list[str] | None) -> int:
         "mean": {name: {k: mean([r[k] for r in rows if r["system"] == name and k in r]) for k in metric_keys}
                  for name in systems},
         "counts": {name: sum(r["system"] == name for r in rows) for name in systems},
+        "failures": {name: {k: len(v) for k, v in per.items()} for name, per in failures.items()},
         "notes": notes, "spectrograms": pngs, "files": rows,
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")

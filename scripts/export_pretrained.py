@@ -5,9 +5,15 @@
     huggingface-cli upload <you>/snac_48khz snac48_export .
 
 The directory holds ``config.json``, ``model.safetensors`` and a ``README.md`` model card (base
-model, training data hours, steps, val metrics). It loads with ``SNAC48.from_pretrained(dir)``
-(``SNAC.from_pretrained`` for a checkpoint of the trainer's 24 kHz mode) or ``snac.load_model``.
-The export is reloaded and compared tensor by tensor before the script reports success.
+model, training data hours, steps, val metrics). A 48 kHz export stands alone: it also holds the
+base model's encoder and quantizer (``base_encoder.safetensors``, about half the size of the
+decoder for snac_24khz), so it goes from audio to 48 kHz audio offline; the base is the one the
+checkpoint records (``--pretrained_model`` of the run) or ``--base_model``, and it is checked
+against the checkpoint (same codec config, same codebooks) before it is written. A plain SNAC
+export (the trainer's 24 kHz mode) also gets ``pytorch_model.bin`` so upstream ``snac`` loads it.
+It loads with ``SNAC48.from_pretrained(dir)`` + ``SNACEncoder.from_pretrained(dir)``
+(``SNAC.from_pretrained`` for a plain SNAC) or ``snac.load_model``. The export is reloaded and
+compared tensor by tensor before the script reports success.
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from snac import SNAC, SNAC48, load_model  # noqa: E402
+from snac import SNAC, SNAC48, SNACEncoder, load_model  # noqa: E402
+from snac.hub import looks_like_hub_id  # noqa: E402
+from snac.infer import config_difference, same_codec  # noqa: E402
+
+WRITTEN = ("config.json", "model.safetensors", "pytorch_model.bin", "base_encoder.safetensors", "README.md")
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -70,17 +80,43 @@ def last_val_metrics(run_dir: Path, iteration: int | None) -> dict | None:
     return best
 
 
+def load_base(spec: str | None, recorded: str | None, model: SNAC48) -> SNAC:
+    """The base SNAC a 48 kHz checkpoint was trained from, checked against it: same codec config
+    and the same (frozen) codebooks and projections as the checkpoint's quantizer."""
+    if spec is None:
+        if recorded is None:
+            raise SystemExit("error: the checkpoint records no --pretrained_model; pass --base_model with "
+                             "the base model it was trained from (hub id or local directory)")
+        spec = recorded
+    try:
+        base = load_model(spec)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: cannot load the base model {spec} ({e}); pass --base_model with a local "
+                         "directory of the base the checkpoint was trained from") from e
+    if not isinstance(base, SNAC):
+        raise SystemExit(f"error: base model {spec} is not a base SNAC (a 48 kHz model?); pass the 24 kHz "
+                         "base the checkpoint was trained from")
+    if not same_codec(base.config, model.base_config):
+        raise SystemExit(f"error: base model {spec} is not the codec of this checkpoint "
+                         f"({config_difference(base.config, model.base_config)}); pass the right --base_model")
+    ours, theirs = model.quantizer.state_dict(), base.quantizer.state_dict()
+    if any(not torch.equal(ours[k], theirs[k]) for k in ours):
+        raise SystemExit(f"error: base model {spec} has other codebooks than this checkpoint, so its codes "
+                         "would not be the ones the decoder learned; pass the base it was trained from "
+                         "as --base_model")
+    return base
+
+
 def fmt(value, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and value is not None else "n/a"
 
 
-def model_card(ckpt: dict, model, hours: dict, val: dict | None, checkpoint: Path) -> str:
+def model_card(ckpt: dict, model, hours: dict, val: dict | None, checkpoint: Path, base: str) -> str:
     config = ckpt.get("config") or {}
-    base = config.get("pretrained_model", "unknown")
     rate = model.sampling_rate
     is48 = isinstance(model, SNAC48)
     base_rate = model.base_sampling_rate if is48 else model.sampling_rate
-    base_is_hub = isinstance(base, str) and base.count("/") == 1 and not Path(base).exists()
+    base_is_hub = looks_like_hub_id(base)
     lines = ["---", "license: mit", "library_name: pytorch",
              "tags:", "- audio", "- speech", "- neural-audio-codec", "- snac"]
     if base_is_hub:
@@ -93,7 +129,9 @@ def model_card(ckpt: dict, model, hours: dict, val: dict | None, checkpoint: Pat
                   f"model trained on the base model's tokens can use it unchanged.", ""]
     else:
         lines += [f"The decoder of `{base}` fine-tuned at its own {rate} Hz.", ""]
-    lines += ["## Training", "", "| | |", "|---|---|", f"| base model | `{base}` |"]
+    where = "" if base_is_hub else " (a local model)"
+    held = "; its encoder and quantizer are included here as `base_encoder.safetensors`" if is48 else ""
+    lines += ["## Training", "", "| | |", "|---|---|", f"| base model | `{base}`{where}{held} |"]
     for split, info in hours.items():
         lines.append(f"| {split} data | {fmt(info.get('hours'), '.2f')} h, {info.get('rows', 'n/a')} utterances |")
     lines += [f"| iterations | {ckpt.get('iteration', 'n/a')} |",
@@ -109,11 +147,11 @@ def model_card(ckpt: dict, model, hours: dict, val: dict | None, checkpoint: Pat
         metrics = ", ".join(f"{k} {fmt(v)}" for k, v in val.items() if k.startswith("loss/"))
         lines.append(f"| val at iteration {val.get('iteration')} | {metrics} |")
     lines += [f"| exported from | `{checkpoint.name}` |", "", "## Use", "", "```python", "import torch"]
-    encoder_id = base if base_is_hub else "hubertsiuzdak/snac_24khz"
     if is48:
-        lines += ["from snac import SNAC, SNAC48", "",
-                  f'encoder = SNAC.from_pretrained("{encoder_id}").eval()  # the codes come from the base',
-                  'model = SNAC48.from_pretrained("<this repo or directory>").eval()']
+        lines += ["from snac import SNAC48, SNACEncoder", "",
+                  f'encoder = SNACEncoder.from_pretrained("<this repo or directory>")  # the base\'s encoder '
+                  f'({base})',
+                  'model = SNAC48.from_pretrained("<this repo or directory>")']
     else:
         lines += ["from snac import SNAC", "", 'model = encoder = SNAC.from_pretrained("<this repo or directory>").eval()']
     lines += [f"audio = torch.zeros(1, 1, {base_rate})  # (B, 1, T) mono at {base_rate} Hz",
@@ -131,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt), e.g. runs/<run>/best_model.pt")
     p.add_argument("--output_dir", required=True, help="directory to write config.json, model.safetensors, README.md")
+    p.add_argument("--base_model", default=None,
+                   help="base SNAC the checkpoint was trained from, hub id or local directory; its encoder "
+                        "and quantizer go into a 48 kHz export (default: the run's recorded --pretrained_model)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --output_dir")
     args = p.parse_args(argv)
 
@@ -146,12 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     config = ckpt.get("config") or {}
     hours = data_hours(config, Path.cwd()) or data_hours(config, run_dir)
     val = last_val_metrics(run_dir, ckpt.get("iteration"))
+    recorded = config.get("pretrained_model")
+    base_name = args.base_model or recorded or "unknown"
+    base = load_base(args.base_model, recorded, model) if isinstance(model, SNAC48) else None
 
     if out.exists() and args.overwrite:
-        for name in ("config.json", "model.safetensors", "README.md"):
+        for name in WRITTEN:
             (out / name).unlink(missing_ok=True)
-    model.save_pretrained(out)
-    (out / "README.md").write_text(model_card(ckpt, model, hours, val, checkpoint))
+    if base is not None:
+        model.save_pretrained(out, base=base, base_name=base_name)
+    else:
+        model.save_pretrained(out)
+    (out / "README.md").write_text(model_card(ckpt, model, hours, val, checkpoint, base_name))
 
     # verify: the directory loads with the matching class and holds exactly the checkpoint's tensors
     cls = SNAC48 if isinstance(model, SNAC48) else SNAC
@@ -160,9 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     got = loaded.state_dict()
     if set(got) != set(expected) or any(not torch.equal(got[k], expected[k].to(got[k].dtype)) for k in got):
         raise SystemExit(f"error: the export in {out} does not reload to the checkpoint's weights")
+    if base is not None:
+        held, source = SNACEncoder.from_pretrained(out).state_dict(), base.state_dict()
+        if any(not torch.equal(v, source[k]) for k, v in held.items()):
+            raise SystemExit(f"error: the base encoder in {out} does not reload to {base_name}'s weights")
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"exported {checkpoint} (iteration {ckpt.get('iteration', '?')}) -> {out} ({size:.1f} MiB): "
           f"{', '.join(sorted(f.name for f in out.iterdir()))}")
+    if base is not None:
+        print(f"base model {base_name}: its encoder and quantizer are in {out / 'base_encoder.safetensors'}, "
+              "so the export needs no download to go from audio to 48 kHz audio")
     print(f"load with {cls.__name__}.from_pretrained('{out}'); publish with: "
           f"huggingface-cli upload <user>/<repo> {out} .")
     return 0

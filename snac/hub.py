@@ -2,11 +2,19 @@
 
 The model classes register themselves here (``register_model``), so this module imports none of
 them: model.py and model48.py import the hub, never the other way round.
+
+A drop-in for upstream ``snac``'s loading: a hub id takes upstream's keyword arguments (``revision``,
+``cache_dir``, ``token``, ``local_files_only`` ... passed to ``huggingface_hub.hf_hub_download``),
+and a hub cache holding only what upstream downloads (config.json + pytorch_model.bin) loads with
+``HF_HUB_OFFLINE=1``. A plain SNAC is saved with ``pytorch_model.bin`` beside ``model.safetensors``
+so upstream ``snac.SNAC.from_pretrained(dir)`` loads it too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -14,8 +22,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+logger = logging.getLogger(__name__)
+
 CONFIG_NAME = "config.json"
-WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+SAFETENSORS_NAME = "model.safetensors"
+TORCH_WEIGHTS_NAME = "pytorch_model.bin"  # upstream snac reads only this file
+WEIGHT_NAMES = (SAFETENSORS_NAME, TORCH_WEIGHTS_NAME)  # local directories: safetensors first
+# hub repos: upstream's file first, so a cache filled by upstream snac is reused as it is and the
+# published file's digest below can be checked; repos with only safetensors (our exports) fall back
+HUB_WEIGHT_NAMES = (TORCH_WEIGHTS_NAME, SAFETENSORS_NAME)
+# sha256 of published weight files, checked whenever one is loaded from the hub (or its cache)
+PUBLISHED_SHA256 = {
+    ("hubertsiuzdak/snac_24khz", TORCH_WEIGHTS_NAME):
+        "4b8164cc6606bfa627f1a784734c1e539891518f1191ed9194fe1e3b9b4bff40",
+}
+# a path with one of these suffixes names a file, never a hub repo
+FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json")
 MODEL_CLASSES: dict[str, type] = {}  # model_kind -> class; filled by model.py and model48.py
 
 
@@ -32,20 +54,96 @@ def model_kind(config: dict) -> str:
     return "snac48" if "base" in config else "snac"
 
 
-def _hub_download(repo_id: str, filename: str) -> str | None:
+def _hub_download(repo_id: str, filename: str, **hub_kwargs) -> str | None:
+    """Path of ``filename`` of a hub repo (downloaded or cached); None when the repo lacks it.
+
+    Raises ``LocalEntryNotFoundError`` when the file is not cached and cannot be downloaded
+    (``HF_HUB_OFFLINE=1``, ``local_files_only=True``, no network)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return hf_hub_download(repo_id, filename)
+        return hf_hub_download(repo_id, filename, **hub_kwargs)
     except LocalEntryNotFoundError:
         raise  # offline and not cached: not "the repo lacks this file" (it subclasses EntryNotFoundError)
     except EntryNotFoundError:
         return None
 
 
-def resolve_pretrained(id_or_dir: str | os.PathLike) -> tuple[dict, str]:
-    """Return (config dict, weights file path) for a local directory or a hub repo id."""
+def looks_like_hub_id(spec: str | os.PathLike) -> bool:
+    """'owner/name' that is not a path on this machine and does not name a file (x/y.pt)."""
+    text = str(spec)
+    return (text.count("/") == 1 and not text.startswith((".", "/", "~"))
+            and not text.lower().endswith(FILE_SUFFIXES) and not Path(text).exists())
+
+
+def _check_missing_path(spec: str | os.PathLike) -> None:
+    """A spec that is neither an existing path nor a hub id: say the file or directory is missing."""
+    if looks_like_hub_id(spec):
+        return
+    text = str(spec)
+    if text.lower().endswith(FILE_SUFFIXES):
+        raise FileNotFoundError(f"{text} does not exist: check the path of the checkpoint file")
+    raise FileNotFoundError(f"{text} does not exist: pass an existing model directory (config.json + "
+                            "weights), a training checkpoint .pt, or a hub id of the form owner/name "
+                            "(e.g. hubertsiuzdak/snac_24khz)")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_published_digest(repo_id: str, filename: str, path: str | os.PathLike) -> bool | None:
+    """Compare a hub file with its published sha256 (``PUBLISHED_SHA256``) and log the result.
+
+    True: it matches (logged at INFO); False: it differs (logged as a WARNING that says how to
+    fix it; the file is still loaded, since another ``revision`` may be meant); None: no published
+    digest is known for this repo and file.
+    """
+    expected = PUBLISHED_SHA256.get((repo_id, filename))
+    if expected is None:
+        return None
+    digest = sha256_file(path)
+    if digest == expected:
+        logger.info("%s %s: sha256 %s matches the published weights", repo_id, filename, digest)
+        return True
+    logger.warning("%s %s at %s has sha256 %s, not the published %s: another revision or a damaged "
+                   "download; delete it from the hub cache to download it again", repo_id, filename,
+                   path, digest, expected)
+    return False
+
+
+def resolve_hub_file(repo_id: str, names: tuple[str, ...], **hub_kwargs) -> str | None:
+    """The first of ``names`` that the repo holds (cached or downloaded); None if it holds none.
+
+    A file that is not cached while offline is skipped for the next name (upstream's cache holds
+    only pytorch_model.bin); when none is found that way, the offline error is raised."""
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    offline_error = None
+    for name in names:
+        try:
+            path = _hub_download(repo_id, name, **hub_kwargs)
+        except LocalEntryNotFoundError as e:
+            offline_error = offline_error or e
+            continue
+        if path:
+            check_published_digest(repo_id, name, path)
+            return path
+    if offline_error is not None:
+        raise offline_error
+    return None
+
+
+def resolve_pretrained(id_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[dict, str]:
+    """Return (config dict, weights file path) for a local directory or a hub repo id.
+
+    ``hub_kwargs`` go to ``huggingface_hub.hf_hub_download`` (revision, cache_dir, token,
+    local_files_only, ...) and are ignored for a local directory, as upstream snac does."""
     path = Path(id_or_dir)
     if path.is_dir():
         config_file = path / CONFIG_NAME
@@ -59,25 +157,37 @@ def resolve_pretrained(id_or_dir: str | os.PathLike) -> tuple[dict, str]:
     elif path.exists():
         raise ValueError(f"{path} is a file; pass a model directory (config.json + weights) or a hub id")
     else:
-        if str(id_or_dir).count("/") != 1:
-            raise FileNotFoundError(f"{id_or_dir} is neither a local directory nor a hub id of the "
-                                    "form owner/name (e.g. hubertsiuzdak/snac_24khz)")
+        _check_missing_path(id_or_dir)
+        repo = str(id_or_dir)
         try:
-            config_file = _hub_download(str(id_or_dir), CONFIG_NAME)
-            weights = None
-            for name in WEIGHT_NAMES:
-                weights = _hub_download(str(id_or_dir), name)
-                if weights:
-                    break
+            config_file = _hub_download(repo, CONFIG_NAME, **hub_kwargs)
+            weights = resolve_hub_file(repo, HUB_WEIGHT_NAMES, **hub_kwargs) if config_file else None
         except Exception as e:  # network, auth, missing repo: one line that says what to do
-            raise RuntimeError(f"could not download {id_or_dir} from the Hugging Face hub "
+            raise RuntimeError(f"could not download {repo} from the Hugging Face hub "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                                "check the id and network, or pass a local directory") from e
         if config_file is None or weights is None:
-            raise FileNotFoundError(f"hub repo {id_or_dir} lacks {CONFIG_NAME} or weights")
+            raise FileNotFoundError(f"hub repo {repo} lacks {CONFIG_NAME} or weights "
+                                    f"({' or '.join(HUB_WEIGHT_NAMES)})")
     with open(config_file) as f:
         config = json.load(f)
     return config, weights
+
+
+def resolve_extra_file(id_or_dir: str | os.PathLike, filename: str, **hub_kwargs) -> str | None:
+    """Path of another file of a model directory or hub repo (e.g. an export's base encoder); None
+    when it has none. Offline and not cached counts as none."""
+    path = Path(id_or_dir)
+    if path.is_dir():
+        return str(path / filename) if (path / filename).is_file() else None
+    if path.exists() or not looks_like_hub_id(id_or_dir):
+        return None
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    try:
+        return _hub_download(str(id_or_dir), filename, **hub_kwargs)
+    except LocalEntryNotFoundError:
+        return None
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -97,22 +207,27 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_pretrained_files(directory: str | os.PathLike, config: dict,
-                          state_dict: dict[str, torch.Tensor]) -> None:
+def save_pretrained_files(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor],
+                          torch_copy: bool = False) -> None:
+    """Write config.json and model.safetensors; with ``torch_copy`` also pytorch_model.bin (the file
+    upstream snac reads: a plain state_dict, so ``torch.load(weights_only=True)`` opens it)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(directory / "model.safetensors"))
+    save_file(tensors, str(directory / SAFETENSORS_NAME))
+    if torch_copy:
+        torch.save(tensors, directory / TORCH_WEIGHTS_NAME)
     with open(directory / CONFIG_NAME, "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
 
 
-def load_model(spec: str | os.PathLike, map_location: str | torch.device = "cpu"):
+def load_model(spec: str | os.PathLike, map_location: str | torch.device = "cpu", **hub_kwargs):
     """Load a SNAC or SNAC48 from a hub id, a model directory, or a training checkpoint (.pt).
 
     A training checkpoint is a dict with ``model`` (state_dict) and ``model_config`` (the
-    model's ``config``; a SNAC48 config has a ``base`` key).
+    model's ``config``; a SNAC48 config has a ``base`` key). ``hub_kwargs`` as in
+    ``resolve_pretrained``.
     """
     path = Path(spec)
     if path.is_file():
@@ -125,8 +240,11 @@ def load_model(spec: str | os.PathLike, map_location: str | torch.device = "cpu"
         if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
             raise ValueError(f"{path} is not a training checkpoint of this project "
                              "(expected keys 'model' and 'model_config')")
-        model = MODEL_CLASSES[model_kind(ckpt["model_config"])].from_config_dict(ckpt["model_config"])
-        model.load_state_dict(ckpt["model"], strict=True)
-        return model
-    config, _ = resolve_pretrained(spec)
-    return MODEL_CLASSES[model_kind(config)].from_pretrained(spec)
+        config, state = ckpt["model_config"], ckpt["model"]
+    else:
+        config, weights = resolve_pretrained(spec, **hub_kwargs)
+        state = load_weights(weights)
+    cls = MODEL_CLASSES[model_kind(config)]
+    model = cls.from_config_dict(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval() if not path.is_file() else model

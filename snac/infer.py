@@ -8,7 +8,12 @@ an upper bound of the receptive field computed from the model config, so the kep
 those of a whole-file pass up to float rounding, except for the NoiseBlocks: they draw fresh
 Gaussian noise on every call, so chunked and whole decodes differ by the noise term exactly as two
 whole decodes with different seeds do. ``noise_disabled`` switches the noise off to measure the
-seam error alone.
+seam error alone; ``seed`` reseeds the noise at every chunk (``chunk_seed``), so two decoders that
+share noise blocks (a SNAC48 and its base) draw the same noise on every chunk, not only the first.
+
+Encoding takes the signal as a stream of blocks (``encode_blocks``), so a file read and resampled
+block by block (``snac.audio.iter_resampled_blocks``) is encoded with host memory bounded by one
+chunk plus its context, whatever the file's length.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,7 @@ import torch
 from torch import nn
 
 from .layers import NoiseBlock
-from .model import SNAC
+from .model import SNAC, SNACEncoder
 from .model48 import SNAC48
 from .presets import DEFAULT_BASE
 
@@ -170,15 +175,22 @@ def chunk_frames(config: dict, chunk_seconds: float) -> int:
     return max(align, int(frames // align) * align)
 
 
+def chunk_seed(seed: int, index: int) -> int:
+    """The torch seed of chunk ``index`` of a decode seeded with ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
 @torch.inference_mode()
 def iter_decode(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: float | None = 30.0,
-                context_frames: int | None = None, device: str | torch.device | None = None
-                ) -> Iterator[np.ndarray]:
+                context_frames: int | None = None, device: str | torch.device | None = None,
+                seed: int | None = None) -> Iterator[np.ndarray]:
     """Decode one item's codes chunk by chunk; yields float32 arrays at ``model.sampling_rate``.
 
     The concatenation has ``len(codes[-1]) * vq_strides[-1] * samples_per_frame`` samples, the
     same as ``model.decode`` (nothing trimmed). ``chunk_seconds=None`` decodes in one piece.
-    Device memory is bounded by one chunk plus its context.
+    Device memory is bounded by one chunk plus its context. ``seed``: torch is seeded with
+    ``chunk_seed(seed, i)`` before chunk i, so the noise of a chunk does not depend on what the
+    chunks before it drew (None: the global RNG runs on).
     """
     cfg = codec_config(model)
     codes = check_codes(model, codes)
@@ -192,21 +204,23 @@ def iter_decode(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: 
     if context % alignment_frames(cfg):
         raise ValueError(f"context_frames must be a multiple of {alignment_frames(cfg)} (alignment grid)")
     spf = output_samples_per_frame(model)
-    for keep_start, keep_end, start, end in _chunk_spans(total, chunk, context):
+    for index, (keep_start, keep_end, start, end) in enumerate(_chunk_spans(total, chunk, context)):
+        if seed is not None:
+            torch.manual_seed(chunk_seed(seed, index))
         piece = [c[start // s:end // s].unsqueeze(0).to(device) for c, s in zip(codes, strides)]
         audio = model.decode(piece)[0, 0]  # (1, 1, (end - start) * spf) -> (samples,)
         yield audio[(keep_start - start) * spf:(keep_end - start) * spf].float().cpu().numpy()
 
 
 def decode_codes(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: float | None = 30.0,
-                 context_frames: int | None = None, device: str | torch.device | None = None) -> np.ndarray:
+                 context_frames: int | None = None, device: str | torch.device | None = None,
+                 seed: int | None = None) -> np.ndarray:
     """Chunked decode of one item's codes into one float32 array (see ``iter_decode``)."""
-    parts = list(iter_decode(model, codes, chunk_seconds, context_frames, device))
+    parts = list(iter_decode(model, codes, chunk_seconds, context_frames, device, seed))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-@torch.inference_mode()
-def encode_audio(model: SNAC, audio: torch.Tensor | np.ndarray, chunk_seconds: float | None = 30.0,
+def encode_audio(model: SNACEncoder, audio: torch.Tensor | np.ndarray, chunk_seconds: float | None = 30.0,
                  context_samples: int | None = None, device: str | torch.device | None = None
                  ) -> list[torch.Tensor]:
     """Encode one mono signal at ``model.sampling_rate`` in overlapping chunks; returns 1-D int64 codes.
@@ -214,26 +228,66 @@ def encode_audio(model: SNAC, audio: torch.Tensor | np.ndarray, chunk_seconds: f
     Chunks and contexts are multiples of ``pad_multiple``; the signal is right-padded once, like
     ``model.encode``, so the codes equal a whole-file encode except at float near-ties.
     """
-    if not isinstance(model, SNAC):
+    return encode_blocks(model, [audio], chunk_seconds, context_samples, device)
+
+
+@torch.inference_mode()
+def encode_blocks(model: SNACEncoder, blocks: Iterable[torch.Tensor | np.ndarray],
+                  chunk_seconds: float | None = 30.0, context_samples: int | None = None,
+                  device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """``encode_audio`` of the concatenation of ``blocks`` (any lengths), read as they come.
+
+    A chunk is encoded as soon as its span plus ``context`` samples after it have arrived, so only
+    one chunk plus its context plus one block is held, and the codes are the same as
+    ``encode_audio`` of the whole signal (the chunk spans are the same). ``chunk_seconds=None``
+    holds the whole signal and encodes it in one piece.
+    """
+    if not isinstance(model, SNACEncoder):
         raise TypeError(f"encoding needs a SNAC with an encoder, got {type(model).__name__}")
-    audio = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mult = model.pad_multiple
-    padded = nn.functional.pad(audio, (0, -len(audio) % mult))
-    if len(padded) == 0:
-        raise ValueError("cannot encode an empty signal")
-    total = len(padded)
-    chunk = total if chunk_seconds is None else max(mult, int(chunk_seconds * model.sampling_rate) // mult * mult)
+    chunk = None if chunk_seconds is None else \
+        max(mult, int(chunk_seconds * model.sampling_rate) // mult * mult)
     context = encoder_context_samples(model) if context_samples is None else context_samples
     if context % mult:
         raise ValueError(f"context_samples must be a multiple of pad_multiple={mult}")
     frame_samples = [model.hop_length * s for s in model.vq_strides]  # input samples per code
     out: list[list[torch.Tensor]] = [[] for _ in model.vq_strides]
-    for keep_start, keep_end, start, end in _chunk_spans(total, chunk, context):
-        piece = padded[start:end].reshape(1, 1, -1).to(device)
+
+    def encode_span(buffer: torch.Tensor, offset: int, span: tuple[int, int, int, int]) -> None:
+        keep_start, keep_end, start, end = span  # absolute samples; buffer[0] is sample ``offset``
+        piece = buffer[start - offset:end - offset].reshape(1, 1, -1).to(device)
         codes = model.encode(piece)  # list of (1, (end - start) / frame_samples_i)
         for i, (c, n) in enumerate(zip(codes, frame_samples)):
             out[i].append(c[0, (keep_start - start) // n:(keep_end - start) // n].cpu())
+
+    pending: list[torch.Tensor] = []  # received samples from ``offset`` on, not yet concatenated
+    offset, received, next_start = 0, 0, 0  # next_start: first sample of the next chunk to keep
+    for block in blocks:
+        block = torch.as_tensor(block, dtype=torch.float32).reshape(-1)
+        pending.append(block)
+        received += len(block)
+        # a chunk whose span and right context have all arrived is encoded as in a whole pass
+        # (there the signal runs on past end + context too, so the spans agree)
+        if chunk is None or received < next_start + chunk + context:
+            continue
+        buffer = torch.cat(pending)
+        while received >= next_start + chunk + context:
+            span = (next_start, next_start + chunk, max(0, next_start - context), next_start + chunk + context)
+            encode_span(buffer, offset, span)
+            next_start += chunk
+        drop = max(0, next_start - context) - offset  # samples no later piece reads
+        buffer, offset = buffer[drop:], offset + drop
+        pending = [buffer]
+    if received == 0:
+        raise ValueError("cannot encode an empty signal")
+    buffer = torch.cat(pending)
+    buffer = nn.functional.pad(buffer, (0, -received % mult))  # the whole signal's right padding
+    total = received + (-received % mult)
+    step = total if chunk is None else chunk
+    for span in _chunk_spans(total, step, context):
+        if span[0] >= next_start:
+            encode_span(buffer, offset, span)
     return [torch.cat(parts) for parts in out]
 
 
@@ -293,43 +347,68 @@ def config_difference(a: dict, b: dict) -> str:
 
 
 def recorded_base_model(checkpoint: str | os.PathLike) -> str | None:
-    """The ``pretrained_model`` recorded in a training checkpoint's config, when it is usable here
-    (an existing path or a hub id); None otherwise."""
+    """The base model a checkpoint names, when it is usable here (an existing path or a hub id):
+    a training checkpoint's ``config["pretrained_model"]``, an export directory's ``base_model``.
+    None otherwise."""
+    from .hub import CONFIG_NAME, looks_like_hub_id
+
     path = Path(checkpoint)
-    if not path.is_file():
-        return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        spec = (ckpt.get("config") or {}).get("pretrained_model")
+        if path.is_file():
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            spec = (ckpt.get("config") or {}).get("pretrained_model")
+        elif (path / CONFIG_NAME).is_file():
+            spec = json.loads((path / CONFIG_NAME).read_text()).get("base_model")
+        else:
+            return None
     except Exception:
         return None
     if not spec:
         return None
     spec = str(spec)
-    if Path(spec).exists() or (spec.count("/") == 1 and not spec.startswith((".", "/"))):
-        return spec
-    return None
+    return spec if Path(spec).exists() or looks_like_hub_id(spec) else None
+
+
+def held_base_encoder(checkpoint: str | os.PathLike) -> SNACEncoder | None:
+    """The base encoder + quantizer a standalone 48 kHz export holds; None when it holds none."""
+    from .hub import resolve_extra_file
+    from .model import BASE_ENCODER_NAME
+
+    path = Path(checkpoint)
+    if path.is_file() or resolve_extra_file(checkpoint, BASE_ENCODER_NAME) is None:
+        return None
+    return SNACEncoder.from_pretrained(checkpoint)
 
 
 def load_codec_pair(checkpoint: str | os.PathLike, base_model: str | None, need_encoder: bool,
                     need_stock: bool, default_base: str = DEFAULT_BASE
-                    ) -> tuple[SNAC | SNAC48, SNAC | None, str | None]:
-    """Load a checkpoint's decoder and, when needed, its base SNAC.
+                    ) -> tuple[SNAC | SNAC48, SNACEncoder | None, str | None]:
+    """Load a checkpoint's decoder and, when needed, its base.
 
-    The base is loaded when ``need_stock`` (the stock decoder is wanted) or when ``need_encoder``
-    and the model has no encoder of its own (a SNAC48). Returns (model, base or None, base spec).
-    The base defaults to the checkpoint's recorded
-    ``pretrained_model``, else ``default_base``; a base whose codec config differs from the
-    model's is refused (ValueError naming the differing keys). Both in eval mode, on CPU.
+    The base is loaded when ``need_stock`` (the stock decoder is wanted: a full SNAC) or when
+    ``need_encoder`` and the model has no encoder of its own (a SNAC48). Returns (model, base or
+    None, base spec). Without ``base_model``, an export's own base encoder is used when only the
+    encoder is needed (no network, no pointer to follow); otherwise the base is the checkpoint's
+    recorded base model, else ``default_base``. A base whose codec config differs from the model's
+    is refused (ValueError naming the differing keys). Both in eval mode, on CPU.
     """
     from .hub import load_model
 
     model = load_model(checkpoint).eval()
     if not (need_stock or (need_encoder and isinstance(model, SNAC48))):
         return model, None, None
-    spec = base_model or recorded_base_model(checkpoint) or default_base
-    base = load_model(spec).eval()
-    if not isinstance(base, SNAC):
+    base, spec = None, base_model
+    if base_model is None and not need_stock:
+        base = held_base_encoder(checkpoint)
+        spec = f"the base encoder held in {checkpoint}" if base is not None else None
+    if base is None:
+        spec = base_model or recorded_base_model(checkpoint) or default_base
+        try:
+            base = load_model(spec).eval()
+        except (FileNotFoundError, RuntimeError) as e:
+            raise type(e)(f"base model: {e}. Pass --base_model with the local directory of the base "
+                          "model the checkpoint was trained from") from e
+    if not isinstance(base, SNACEncoder):
         raise ValueError(f"base model {spec} is a 48 kHz model; pass the 24 kHz base it was trained from "
                          f"(e.g. {default_base})")
     if not same_codec(base.config, codec_config(model)):

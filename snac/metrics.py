@@ -11,6 +11,9 @@ rate and return a Python float. Lower is better except for SI-SDR, PESQ and STOI
   by default the 12-24 kHz band that a 48 kHz decoder adds over a 24 kHz one.
 - ``pesq_wb`` / ``stoi``: at 16 kHz through the optional packages ``pesq`` and ``pystoi``
   (``uv sync --extra eval``); None when the package is missing.
+
+``all_metrics`` computes them all; a metric that fails on a signal (PESQ finds no utterance, ...)
+is None there and its error is reported to the caller, who counts it: nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -116,17 +119,14 @@ def _at_16k(x: torch.Tensor, sample_rate: int) -> np.ndarray:
 
 
 def pesq_wb(ref, est, sample_rate: int) -> float | None:
-    """Wide-band PESQ (MOS-LQO, 1-4.6) at 16 kHz; None when ``pesq`` is not installed or it fails
-    (e.g. no speech detected in a synthetic signal)."""
+    """Wide-band PESQ (MOS-LQO, 1-4.6) at 16 kHz; None when ``pesq`` is not installed. Raises what
+    ``pesq`` raises when it cannot score the pair (e.g. no utterance detected in a synthetic signal)."""
     try:
         from pesq import pesq
     except ImportError:
         return None
     ref, est = _pair(ref, est)
-    try:
-        return float(pesq(16000, _at_16k(ref, sample_rate), _at_16k(est, sample_rate), "wb"))
-    except Exception:
-        return None
+    return float(pesq(16000, _at_16k(ref, sample_rate), _at_16k(est, sample_rate), "wb"))
 
 
 def stoi(ref, est, sample_rate: int) -> float | None:
@@ -152,14 +152,29 @@ def optional_metrics_available() -> dict[str, bool]:
     return out
 
 
-def all_metrics(ref, est, sample_rate: int, band_hz: tuple[float, float] = (12000.0, 24000.0),
-                optional: bool = True) -> dict[str, float | None]:
-    """Every metric of this module as a dict (``pesq_wb``/``stoi`` None when unavailable)."""
-    out = {"mel_distance": mel_distance(ref, est, sample_rate),
-           "stft_distance": stft_distance(ref, est),
-           "si_sdr": si_sdr(ref, est),
-           "lsd_high_band": band_lsd(ref, est, sample_rate, *band_hz)}
+def all_metrics(ref, est, sample_rate: int, band_hz: tuple[float, float] | None = (12000.0, 24000.0),
+                optional: bool = True, errors: dict[str, str] | None = None) -> dict[str, float | None]:
+    """Every metric of this module as a dict (``pesq_wb``/``stoi`` None when unavailable).
+
+    ``band_hz=None`` leaves ``lsd_high_band`` out (None): the reference has no such band. A metric
+    that raises is None in the result and its error (``"Type: first line"``) is put in ``errors``
+    when a dict is given; without one the exception propagates.
+    """
+    metrics = {"mel_distance": lambda: mel_distance(ref, est, sample_rate),
+               "stft_distance": lambda: stft_distance(ref, est),
+               "si_sdr": lambda: si_sdr(ref, est),
+               "lsd_high_band": lambda: None if band_hz is None else band_lsd(ref, est, sample_rate, *band_hz)}
     if optional:
-        out["pesq_wb"] = pesq_wb(ref, est, sample_rate)
-        out["stoi"] = stoi(ref, est, sample_rate)
+        metrics["pesq_wb"] = lambda: pesq_wb(ref, est, sample_rate)
+        metrics["stoi"] = lambda: stoi(ref, est, sample_rate)
+    out: dict[str, float | None] = {}
+    for name, compute in metrics.items():
+        try:
+            out[name] = compute()
+        except Exception as e:
+            if errors is None:
+                raise
+            text = str(e).strip().splitlines()
+            errors[name] = f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+            out[name] = None
     return out

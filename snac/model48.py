@@ -19,35 +19,48 @@ from __future__ import annotations
 import copy
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from safetensors.torch import save_file
+
 from .hub import load_weights, model_kind, register_model, resolve_pretrained, save_pretrained_files
 from .layers import (NoiseBlock, Snake1d, decoder_trunk, residual_stack, set_weight_norm_weight,
                      wn_conv1d, wn_conv_transpose1d)
-from .model import SNAC
+from .model import BASE_ENCODER_NAME, SNAC, SNACEncoder
 from .vq import ResidualVectorQuantize
 
 BASE_KERNEL = 7  # kernel of the base decoder's final conv (SNAC's architecture)
 INTERP_TAPS = 6  # base-rate samples on each side that the initial output interpolation reads
 
 
-def final_kernel_size(factor: int) -> int:
+def final_kernel_size(factor: int, taps: int | None = None) -> int:
     # the base kernel dilated by F, convolved with a windowed-sinc interpolator of 2*F*taps-1 taps
-    return factor * (BASE_KERNEL - 1) + 1 + 2 * factor * INTERP_TAPS - 2
+    return factor * (BASE_KERNEL - 1) + 1 + 2 * factor * (INTERP_TAPS if taps is None else taps) - 2
+
+
+def interp_taps(factor: int, kernel: int) -> int:
+    """Inverse of ``final_kernel_size``: the interpolator's taps per side in a saved head's kernel."""
+    taps, rest = divmod(kernel - factor * (BASE_KERNEL - 1) + 1, 2 * factor)
+    if rest or taps < 1:
+        raise ValueError(f"head final_kernel {kernel} is not a x{factor} head's kernel "
+                         f"(expected {final_kernel_size(factor, 1)} + a multiple of {2 * factor})")
+    return taps
 
 
 class UpsampleHead(nn.Module):
-    def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool):
+    def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool, kernel: int | None = None):
         super().__init__()
         self.factor = factor
+        kernel = final_kernel_size(factor) if kernel is None else kernel
+        self.taps = interp_taps(factor, kernel)  # the interpolator's half-length smart_init fills in
         self.upsample = wn_conv_transpose1d(channels, channels, kernel_size=2 * factor, stride=factor,
                                             padding=math.ceil(factor / 2), output_padding=factor % 2)
         self.noise = NoiseBlock(channels) if noise else nn.Identity()
         self.residual = nn.Sequential(*residual_stack(channels, channels if depthwise else 1))
         self.snake = Snake1d(channels)
-        kernel = final_kernel_size(factor)
         self.conv = wn_conv1d(channels, 1, kernel_size=kernel, padding=kernel // 2)
         self.tanh = nn.Tanh()
 
@@ -82,8 +95,8 @@ class UpsampleHead(nn.Module):
         # interpolation of the base's pre-tanh output).
         dilated = torch.zeros(base_conv.weight.shape[:2] + (f * (BASE_KERNEL - 1) + 1,), dtype=torch.float64)
         dilated[..., ::f] = base_conv.weight.double()  # (1, C, F*6+1)
-        offsets = torch.arange(-(f * INTERP_TAPS - 1), f * INTERP_TAPS, dtype=torch.float64) / f
-        interp = torch.sinc(offsets) * torch.cos(torch.pi * offsets / (2 * INTERP_TAPS)).pow(2)
+        offsets = torch.arange(-(f * self.taps - 1), f * self.taps, dtype=torch.float64) / f
+        interp = torch.sinc(offsets) * torch.cos(torch.pi * offsets / (2 * self.taps)).pow(2)
         c_in = dilated.shape[1]
         # full convolution of every channel's kernel with the (symmetric) interpolator
         w = torch.nn.functional.conv1d(dilated.reshape(c_in, 1, -1), interp.reshape(1, 1, -1),
@@ -96,7 +109,9 @@ class UpsampleHead(nn.Module):
 class SNAC48(nn.Module):
     """Decodes a base SNAC model's codes at ``target_sample_rate`` (48 kHz by default)."""
 
-    def __init__(self, base_config: dict, target_sample_rate: int = 48000):
+    def __init__(self, base_config: dict, target_sample_rate: int = 48000, head: dict | None = None):
+        """``head``: the saved ``config["head"]`` section; its kernel is used as saved, so an export
+        keeps loading when the default head constants change. None: today's default head."""
         super().__init__()
         base_rate = base_config["sampling_rate"]
         if target_sample_rate % base_rate or target_sample_rate // base_rate < 2:
@@ -106,9 +121,13 @@ class SNAC48(nn.Module):
         cfg = SNAC(**base_config).config  # normalised (latent_dim filled in)
         self.base_config = cfg
         self.factor = target_sample_rate // base_rate
+        head = dict(head or {})
+        if head.get("upsample_factor", self.factor) != self.factor:
+            raise ValueError(f"head upsample_factor {head['upsample_factor']} does not match "
+                             f"{target_sample_rate} / {base_rate} Hz = x{self.factor}: the config is inconsistent")
+        kernel = int(head.get("final_kernel", final_kernel_size(self.factor)))
         self.config = {"base": cfg, "target_sample_rate": target_sample_rate,
-                       "head": {"upsample_factor": self.factor,
-                                "final_kernel": final_kernel_size(self.factor)}}
+                       "head": {"upsample_factor": self.factor, "final_kernel": kernel}}
         self.sampling_rate = target_sample_rate
         self.base_sampling_rate = base_rate
         self.hop_length = math.prod(cfg["encoder_rates"])
@@ -119,7 +138,7 @@ class SNAC48(nn.Module):
                                          cfg["noise"], cfg["depthwise"], cfg["attn_window_size"])
         self.decoder = nn.Module()
         self.decoder.model = nn.Sequential(*layers)  # keys decoder.model.N as in the base
-        self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"])
+        self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"], kernel)
 
     @classmethod
     def from_snac(cls, base: SNAC, target_sample_rate: int = 48000) -> "SNAC48":
@@ -142,11 +161,14 @@ class SNAC48(nn.Module):
     # ---- loading and saving ----
     @classmethod
     def from_config_dict(cls, config: dict) -> "SNAC48":
-        return cls(config["base"], config.get("target_sample_rate", 48000))
+        """Build from a saved ``config`` (its ``base``, ``target_sample_rate`` and ``head`` sections)."""
+        return cls(config["base"], config.get("target_sample_rate", 48000), config.get("head"))
 
     @classmethod
-    def from_pretrained(cls, id_or_dir: str | os.PathLike) -> "SNAC48":
-        config, weights = resolve_pretrained(id_or_dir)
+    def from_pretrained(cls, id_or_dir: str | os.PathLike, **hub_kwargs) -> "SNAC48":
+        """Load from a hub id or a local directory; ``hub_kwargs`` as in ``SNAC.from_pretrained``.
+        The base encoder of a standalone export loads with ``SNACEncoder.from_pretrained``."""
+        config, weights = resolve_pretrained(id_or_dir, **hub_kwargs)
         if model_kind(config) != "snac48":
             raise ValueError(f"{id_or_dir} holds a base SNAC model; build the 48 kHz model with "
                              "SNAC48.from_snac(SNAC.from_pretrained(...))")
@@ -154,5 +176,24 @@ class SNAC48(nn.Module):
         model.load_state_dict(load_weights(weights), strict=True)
         return model.eval()
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        save_pretrained_files(directory, copy.deepcopy(self.config), self.state_dict())
+    def save_pretrained(self, directory: str | os.PathLike, base: SNACEncoder | None = None,
+                        base_name: str | None = None) -> None:
+        """config.json + model.safetensors. With ``base`` (the SNAC this model was made from) also
+        its encoder + quantizer as ``base_encoder.safetensors``, so the directory alone goes from
+        audio to codes to 48 kHz audio; ``base_name`` (hub id or path) is recorded as ``base_model``."""
+        directory = Path(directory)
+        config = copy.deepcopy(self.config)
+        if base_name is not None:
+            config["base_model"] = str(base_name)
+        if base is None:
+            (directory / BASE_ENCODER_NAME).unlink(missing_ok=True)  # never leave another base's encoder
+        else:
+            if base.config != self.base_config:
+                raise ValueError("base is not the codec this model decodes: its config differs from the "
+                                 "model's base config")
+            directory.mkdir(parents=True, exist_ok=True)
+            tensors = {k: v.detach().contiguous().cpu() for k, v in base.state_dict().items()
+                       if not k.startswith("decoder.")}  # encoder.* + quantizer.*
+            save_file(tensors, str(directory / BASE_ENCODER_NAME))
+            config["base_encoder"] = BASE_ENCODER_NAME
+        save_pretrained_files(directory, config, self.state_dict())

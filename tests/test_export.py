@@ -16,6 +16,22 @@ export = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(export)
 
 
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """The hub id the run records, served from a local folder in the hub's layout (no network here)."""
+    torch.manual_seed(0)
+    repo = tmp_path / "hub" / "hubertsiuzdak" / "snac_24khz"
+    SNAC(**TINY_24KHZ).save_pretrained(repo)
+    (repo / "pytorch_model.bin").unlink()  # a tiny stand-in: keep the published file's digest check out of it
+
+    def download(repo_id, filename, **hub_kwargs):
+        path = tmp_path / "hub" / repo_id / filename
+        return str(path) if path.exists() else None
+
+    monkeypatch.setattr("snac.hub._hub_download", download)
+    return repo
+
+
 def _run_dir(tmp_path: Path) -> Path:
     """A run directory as the trainer leaves it: a checkpoint, metrics.jsonl and a cache manifest."""
     torch.manual_seed(0)
@@ -40,11 +56,12 @@ def _run_dir(tmp_path: Path) -> Path:
     return run
 
 
-def test_export_round_trip_and_model_card(tmp_path):
+def test_export_round_trip_and_model_card(tmp_path, fake_hub):
     run = _run_dir(tmp_path)
     out = tmp_path / "export"
     assert export.main(["--checkpoint", str(run / "best_model.pt"), "--output_dir", str(out)]) == 0
-    assert sorted(f.name for f in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(f.name for f in out.iterdir()) == ["README.md", "base_encoder.safetensors", "config.json",
+                                                      "model.safetensors"]
     loaded = SNAC48.from_pretrained(out)
     expected = torch.load(run / "best_model.pt", weights_only=True)["model"]
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
@@ -69,6 +86,7 @@ def test_export_refuses_a_non_empty_directory_and_a_foreign_file(tmp_path):
 
 
 def test_plain_snac_checkpoint_exports_as_snac(tmp_path):
+    torch.manual_seed(0)
     base = SNAC(**TINY_24KHZ)
     torch.save({"model": base.state_dict(), "model_config": base.config, "config": {}}, tmp_path / "c.pt")
     assert export.main(["--checkpoint", str(tmp_path / "c.pt"), "--output_dir", str(tmp_path / "e")]) == 0
