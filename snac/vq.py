@@ -1,4 +1,8 @@
-"""Residual vector quantizer with per-codebook temporal strides (coarse to fine)."""
+"""Residual vector quantizer with per-codebook temporal strides (coarse to fine).
+
+Inference (``forward``, ``from_codes``) is upstream SNAC's exactly; ``forward_train`` adds the
+VQ-VAE training terms (commitment and codebook losses, in the projected space) for codec training.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +23,27 @@ class VectorQuantize(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D, T) residual -> (quantized contribution (B, D, T), codes (B, T / stride))."""
+        z_q, codes, _, _ = self.forward_train(z)
+        return z_q, codes
+
+    def forward_train(self, z: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` plus the training terms, each (B,) (mean over codebook_dim x frames):
+        commitment ||z_e - sg(q)||^2 pulls the encoder to its code, codebook ||sg(z_e) - q||^2 pulls
+        the code to the encoder; both in the projected (codebook_dim) space. Gradients reach the
+        encoder through the straight-through estimator."""
         if self.stride > 1:
             z = F.avg_pool1d(z, self.stride, self.stride)
-        z_e = self.in_proj(z)
+        z_e = self.in_proj(z)  # (B, codebook_dim, T / stride)
         codes = self.nearest(z_e)
-        z_q = self.codebook(codes).transpose(1, 2).to(z_e.dtype)
-        z_q = z_e + (z_q - z_e).detach()  # straight-through
+        q = self.codebook(codes).transpose(1, 2).to(z_e.dtype)  # raw codebook rows
+        commitment = (z_e - q.detach()).pow(2).mean((1, 2))
+        codebook = (z_e.detach() - q).pow(2).mean((1, 2))
+        z_q = z_e + (q - z_e).detach()  # straight-through: value q, gradient of z_e
         z_q = self.out_proj(z_q)
         if self.stride > 1:
             z_q = z_q.repeat_interleave(self.stride, dim=-1)
-        return z_q, codes
+        return z_q, codes, commitment, codebook
 
     def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
         """(B, codebook_dim, T) -> (B, T) int64: cosine nearest neighbour, searched in float32."""
@@ -58,15 +73,23 @@ class ResidualVectorQuantize(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, D, T) latent -> (quantized latent, codes coarse first)."""
+        z_q, codes, _, _ = self.forward_train(z)
+        return z_q, codes
+
+    def forward_train(self, z: torch.Tensor
+                      ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """``forward`` plus the commitment and codebook losses summed over the codebooks, each (B,)."""
         z_q = torch.zeros_like(z)
         residual = z
         codes = []
+        commitment = codebook = z.new_zeros(z.shape[0])
         for q in self.quantizers:
-            z_q_i, idx = q(residual)
+            z_q_i, idx, commitment_i, codebook_i = q.forward_train(residual)
             z_q = z_q + z_q_i
             residual = residual - z_q_i
             codes.append(idx)
-        return z_q, codes
+            commitment, codebook = commitment + commitment_i, codebook + codebook_i
+        return z_q, codes, commitment, codebook
 
     def from_codes(self, codes: list[torch.Tensor]) -> torch.Tensor:
         if len(codes) != len(self.quantizers):
