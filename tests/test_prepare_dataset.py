@@ -44,7 +44,8 @@ def test_split_is_deterministic_and_keeps_relative_paths(tmp_path):
     assert not set(listing(a, "train")) & set(listing(a, "val")) and listing(a, "val")
     assert all(os.path.islink(a / "train" / r) for r in listing(a, "train"))
     assert not any(os.path.islink(b / "train" / r) for r in listing(b, "train"))
-    assert (a / "train.txt").read_text().split() == listing(a, "train")
+    # list lines are relative to the list's folder (the --file_list rule)
+    assert (a / "train.txt").read_text().split() == [f"train/{r}" for r in listing(a, "train")]
     assert snapshot(src) == before  # input untouched
 
 
