@@ -130,6 +130,8 @@ def test_rows_of_files_no_longer_listed_are_quarantined(made, tmp_path, capsys):
     assert quarantined_paths(cache) == ["utt1.wav"]  # set aside, not deleted
     assert "moved 1 rows of files no longer listed" in out and "_quarantine" in out
     m = manifest(cache)
+    assert [(q["rows"], q["reason"]) for q in m["quarantined"]] == [(1, "stale")]
+    assert (cache / m["quarantined"][0]["file"]).is_file()
     assert m["complete"] and m["rows"] == 3 and m["listed"] == 3
     assert_accounting(m)
     assert len(CodeCache(cache)) == 3

@@ -459,6 +459,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lock = _acquire_lock(out, LOCK_NAME if rank == 0 else f"{LOCK_NAME}-rank{rank}")
     done: set[str] = set()
+    quarantined: list[dict] = []  # rows this run moved to _quarantine/ (recorded in the manifest)
     if rank == 0:
         if cfg.overwrite:
             n = _remove_cache_files(out)
@@ -477,7 +478,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             tmp.unlink()
         # ---- resume: skip files already in complete shards; set aside stale and duplicate rows ----
         scan = scan_shards(out, listed=set(files), fix=True)
-        done = scan.done
+        done, quarantined = scan.done, scan.quarantined
         if scan.corrupt:
             say(f"unreadable shards renamed *.corrupt, their files are redone: {', '.join(scan.corrupt)}")
         for q in scan.quarantined:
@@ -591,7 +592,8 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     status = 0 if not failed and not interrupted else 1
     if rank == 0:
         manifest = write_manifest(out, settings, {
-            "listed_files": listed, "failed_workers": failed, "interrupted": interrupted,
+            "listed_files": listed, "quarantined": quarantined, "failed_workers": failed,
+            "interrupted": interrupted,
             "last_run": {"workers": num_workers, "devices": slots if not distributed else f"{world} ranks",
                          "elapsed_seconds": round(elapsed, 1), "files_cached": sum(r.get("rows", 0) for r in results.values()),
                          "audio_seconds_per_second": round(encoded_seconds / elapsed, 2) if elapsed > 0 else None,
