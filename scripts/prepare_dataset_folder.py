@@ -7,9 +7,15 @@
 Finds wav/flac/ogg/mp3 recursively and keeps each file's path relative to the input folder (two
 files named utt1.wav in different folders never collide). A file's side is decided by a hash of
 (seed, relative path), so it does not move when other files are added or removed. Symlinks by
-default (absolute targets), --copy to copy. Also writes train.txt / val.txt (relative paths) and
-split.json. Refuses a non-empty output folder unless --force, which replaces only OUTPUT/train,
-OUTPUT/val and those three files. Never writes to or deletes anything in the input folder.
+default (absolute targets), --copy to copy. Also writes train.txt / val.txt and split.json.
+
+File lists: each line is a path relative to the folder holding the list (OUTPUT), e.g.
+"train/spk1/utt001.wav" -- the rule cache_codes_multigpu.py --file_list follows -- so
+`cache_codes_multigpu.py --file_list OUTPUT/train.txt` caches exactly the train files.
+
+Refuses a non-empty output folder unless --force; --force replaces only OUTPUT/train, OUTPUT/val
+and the three files, and only when OUTPUT/split.json shows an earlier run of this script made
+them (otherwise it refuses). Never writes to or deletes anything in the input folder.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from snac.cache.encode import find_audio_files  # noqa: E402
 
 SPLITS = ("train", "val")
 OUTPUT_FILES = ("train.txt", "val.txt", "split.json")
+WRITER = "prepare_dataset_folder.py"  # split.json's "written_by": what --force may replace
 
 
 def split_fraction(rel_path: str, seed: int) -> float:
@@ -69,15 +76,27 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def written_by_us(out: Path) -> bool:
+    """True when OUTPUT/split.json is the summary an earlier run of this script wrote."""
+    try:
+        summary = json.loads((out / "split.json").read_text())
+    except (OSError, ValueError):
+        return False
+    # runs before "written_by" existed are recognised by their summary's keys
+    return isinstance(summary, dict) and (summary.get("written_by") == WRITER or
+                                          {"input_dir", "seed", "train_files", "val_files"} <= set(summary))
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input_dir", required=True, help="folder of audio files (searched recursively)")
     ap.add_argument("--output_dir", required=True, help="where train/ and val/ are created")
-    ap.add_argument("--train_ratio", type=float, default=0.95, help="fraction of files for train (0 < r <= 1)")
-    ap.add_argument("--seed", type=int, default=0, help="changes which files go to val")
+    ap.add_argument("--train_ratio", type=float, default=0.95, help="fraction of files for train (0 < r <= 1; default 0.95)")
+    ap.add_argument("--seed", type=int, default=0, help="changes which files go to val (default 0)")
     ap.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
-    ap.add_argument("--force", action="store_true", help="replace an existing split in a non-empty output")
+    ap.add_argument("--force", action="store_true", help="replace the split an earlier run of this script "
+                    "wrote into --output_dir (checked via its split.json)")
     args = ap.parse_args(argv)
 
     src = Path(args.input_dir).absolute()
@@ -95,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         print(f"error: --output_dir {out} is not empty; pass --force to replace its train/, val/ and "
               "split files, or choose an empty folder", file=sys.stderr)
+        return 2
+    ours = [n for n in SPLITS + OUTPUT_FILES if os.path.lexists(out / n)]
+    if ours and not written_by_us(out):
+        print(f"error: --output_dir {out} has {', '.join(ours)} but no split.json of an earlier "
+              f"{WRITER} run, so --force will not delete them; move them away or choose another "
+              "--output_dir", file=sys.stderr)
         return 2
 
     files = find_audio_files(src)
@@ -122,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy2(src / rel, dst)
             else:
                 os.symlink(src / rel, dst)
-        (out / f"{name}.txt").write_text("".join(f"{r}\n" for r in subset))
+        # relative to the list's folder (OUTPUT): the rule of cache_codes_multigpu.py --file_list
+        (out / f"{name}.txt").write_text("".join(f"{name}/{r}\n" for r in subset))
 
     train_h, bad_train = audio_hours(src, train)
     val_h, bad_val = audio_hours(src, val)
-    summary = {"input_dir": str(src), "seed": args.seed, "train_ratio": args.train_ratio,
+    summary = {"written_by": WRITER, "input_dir": str(src), "seed": args.seed, "train_ratio": args.train_ratio,
                "mode": "copy" if args.copy else "symlink", "train_files": len(train), "val_files": len(val),
                "train_hours": round(train_h, 4), "val_hours": round(val_h, 4),
                "unreadable_headers": len(bad_train) + len(bad_val)}

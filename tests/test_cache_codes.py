@@ -20,7 +20,7 @@ import torch
 from helpers_cache import REPO, TINY_CONFIG, encode_single, load_script, save_tiny_model, write_audio
 from snac import SNAC
 from snac.cache import list_shards
-from snac.cache.encode import BatchEncoder, LengthBuckets, LoadedItem, load_item, padded_length
+from snac.cache.encode import BatchEncoder, LengthBuckets, LoadedItem, padded_length
 
 cli = load_script("cache_codes_multigpu.py")
 TARGET = 48000
@@ -113,10 +113,16 @@ def test_lengths_per_scale_and_target_samples(zoo):
 
 
 def test_codes_equal_single_file_encoding(zoo):
+    """Reference built without load_item: soundfile -> numpy channel mean -> resample -> model.encode."""
+    import soundfile as sf
+
+    from snac.audio import resample
+
     model = SNAC.from_pretrained(zoo["model_dir"])
     for row in shard_table(zoo["cache"]).to_pylist():
-        item = load_item(str(zoo["audio"]), row["path"], row["id"], 24000, TARGET)
-        reference = encode_single(model, item.audio)
+        data, sr = sf.read(zoo["audio"] / row["path"], dtype="float32", always_2d=True)  # (frames, ch)
+        mono = data.mean(axis=1, dtype=np.float32)  # the mix of every channel, not channel 0
+        reference = encode_single(model, resample(mono, sr, 24000))
         for j, ref in enumerate(reference):
             assert torch.equal(torch.tensor(row[f"codes_{j}"], dtype=torch.int64), torch.from_numpy(ref)), \
                 (row["path"], j)
@@ -160,6 +166,7 @@ def test_pending_audio_is_bounded():
 
 
 def test_out_of_memory_batch_is_retried_smaller():
+    torch.manual_seed(0)
     model = SNAC(**TINY_CONFIG).eval()
     calls = []
 
@@ -170,11 +177,16 @@ def test_out_of_memory_batch_is_retried_smaller():
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return model.encode(x)
 
-    items = [LoadedItem(f"f{i}", f"f{i}", torch.randn(8000) * 0.1, 1 / 3, 16000, 24000, 1, None)
-             for i in range(5)]
+    # distinct seeded signals (a tone per item + noise): every item has its own codes, so halves
+    # put back in the wrong order after the split cannot pass
+    t = torch.arange(8000) / 24000
+    items = [LoadedItem(f"f{i}", f"f{i}", 0.3 * torch.sin(2 * torch.pi * (150 + 240 * i) * t)
+                        + 0.05 * torch.randn(8000, generator=torch.Generator().manual_seed(i)),
+                        1 / 3, 16000, 24000, 1, None) for i in range(5)]
     enc = BatchEncoder(FlakyModel(), "cpu", model.pad_multiple, TINY_CONFIG["codebook_size"])
     out = enc.encode(items)
     assert enc.oom_retries >= 1 and max(calls) == 5 and calls.count(5) == 1
+    assert len({tuple(codes[-1].tolist()) for codes in out}) == len(items)
     for it, codes in zip(items, out):
         for c, ref in zip(codes, encode_single(model, it.audio)):
             assert np.array_equal(c.astype(np.int64), ref)
@@ -223,9 +235,14 @@ def test_resume_after_the_whole_run_is_killed(corpus, tmp_path):
     deadline = time.monotonic() + 120
     while not list_shards(cache) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # the launcher; its worker dies with it (PR_SET_PDEATHSIG)
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher; its worker exits when it sees the launcher gone
     proc.wait()
     time.sleep(0.5)
+    # the kill landed mid-run: some shards exist, no complete manifest, files left to do
+    manifest = cache / "manifest.json"
+    assert list_shards(cache), "killed before any shard: the test proves nothing"
+    assert not manifest.exists() or not json.loads(manifest.read_text())["complete"]
+    assert len(shard_table(cache)) < len(corpus["files"]), "the run finished before the kill"
     assert run_cli(*cmd[2:]) == 0
     _assert_complete(cache, corpus["files"])
 
@@ -241,8 +258,8 @@ def test_limit_rerun_refusal_and_overwrite(corpus, tmp_path):
     shards = [(p.name, p.stat().st_mtime_ns) for p in list_shards(cache)]
     assert run_cli(*common, "--limit", 5) == 0
     assert [(p.name, p.stat().st_mtime_ns) for p in list_shards(cache)] == shards
-    # another target rate into the same folder is refused without --overwrite
-    assert run_cli(*common, "--target_sample_rate", 44100) == 2
+    # another (valid) target rate into the same folder is refused without --overwrite
+    assert run_cli(*common, "--target_sample_rate", 72000) == 2
     (cache / "keep_me.txt").write_text("not ours")
     assert run_cli(*common, "--overwrite", "--limit", 3) == 0
     _assert_complete(cache, set(first[:3]))

@@ -44,7 +44,8 @@ def test_split_is_deterministic_and_keeps_relative_paths(tmp_path):
     assert not set(listing(a, "train")) & set(listing(a, "val")) and listing(a, "val")
     assert all(os.path.islink(a / "train" / r) for r in listing(a, "train"))
     assert not any(os.path.islink(b / "train" / r) for r in listing(b, "train"))
-    assert (a / "train.txt").read_text().split() == listing(a, "train")
+    # list lines are relative to the list's folder (the --file_list rule)
+    assert (a / "train.txt").read_text().split() == [f"train/{r}" for r in listing(a, "train")]
     assert snapshot(src) == before  # input untouched
 
 
@@ -77,3 +78,65 @@ def test_split_is_stable_when_files_are_added():
     train2, val2 = prep.split_files(files + [f"e/{i}.wav" for i in range(50)], 0.9, seed=0)
     assert set(val) <= set(val2) and set(train) <= set(train2)
     assert 5 <= len(val) <= 40
+
+
+def test_force_refuses_folders_it_did_not_create(tmp_path, capsys):
+    src = make_corpus(tmp_path)
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "precious.wav").write_text("the user's own data")
+    assert prep.main(["--input_dir", str(src), "--output_dir", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "no split.json" in err and "will not delete" in err
+    assert (out / "train" / "precious.wav").read_text() == "the user's own data"
+    # a split.json that is not ours (other content) does not count either
+    (out / "split.json").write_text('{"something": "else"}')
+    assert prep.main(["--input_dir", str(src), "--output_dir", str(out), "--force"]) == 2
+    assert (out / "train" / "precious.wav").exists()
+
+
+def test_lists_work_with_cache_file_list(tmp_path):
+    """train.txt as written is a valid --file_list: every train file is cached, nothing else."""
+    import json
+
+    from helpers_cache import save_tiny_model
+
+    src = tmp_path / "in"
+    for i in range(6):
+        write_audio(src / f"spk{i % 2}" / f"utt{i}.wav", 0.2, 24000, seed=i)
+    out = tmp_path / "split"
+    assert prep.main(["--input_dir", str(src), "--output_dir", str(out), "--train_ratio", "0.7"]) == 0
+    cache_cli = load_script("cache_codes_multigpu.py")
+    cache = tmp_path / "cache"
+    model = save_tiny_model(tmp_path / "model")
+    assert cache_cli.main(["--file_list", str(out / "train.txt"), "--output_dir", str(cache),
+                           "--pretrained_model", str(model), "--devices", "cpu"]) == 0
+    m = json.loads((cache / "manifest.json").read_text())
+    assert m["complete"] and m["rejected"] == [] and m["rows"] == len(listing(out, "train")) > 0
+    import pyarrow.parquet as pq
+
+    from snac.cache import list_shards
+
+    cached = {Path(m["input_root"]) / p for sh in list_shards(cache) for p in pq.read_table(sh)["path"].to_pylist()}
+    assert cached == {out / "train" / r for r in listing(out, "train")}
+    assert "relative to the folder holding the list" in " ".join(cache_cli.build_parser().format_help().split())
+
+
+def test_bad_inputs_are_refused_with_one_line(tmp_path, capsys):
+    src = make_corpus(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["--input_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o1")], "is not a directory"),
+        (["--input_dir", str(src), "--output_dir", str(tmp_path / "o2"), "--train_ratio", "0"],
+         "--train_ratio must be in (0, 1]"),
+        (["--input_dir", str(src), "--output_dir", str(tmp_path / "o3"), "--train_ratio", "1.5"],
+         "--train_ratio must be in (0, 1]"),
+        (["--input_dir", str(src / "spk0"), "--output_dir", str(src)], "overlap"),
+        (["--input_dir", str(empty), "--output_dir", str(tmp_path / "o4")], "no audio files"),
+    ]
+    for args, message in cases:
+        assert prep.main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 4))

@@ -42,14 +42,16 @@ def read_file_list(list_file: str | os.PathLike,
                    input_root: str | os.PathLike | None = None) -> tuple[str, list[str]]:
     """Read a list of audio paths (one per line; '#' comments and blank lines skipped).
 
-    Relative lines are taken relative to ``input_root`` when given, else to the list file's
-    directory. Returns (absolute input root, sorted unique posix paths relative to it); the root
-    is ``input_root`` or the common directory of all files.
+    The one rule: a relative line is relative to the folder holding the list file (absolute
+    lines are taken as they are), whatever else is passed, so a list means the same files from
+    any working directory. ``input_root`` only sets the root that cache paths are relative to
+    (every file must be under it); without it the root is the common folder of all files.
+    Returns (absolute input root, sorted unique posix paths relative to it).
     """
     list_file = Path(list_file)
     if not list_file.is_file():
         raise FileNotFoundError(f"file list {list_file} does not exist; pass an existing --file_list")
-    base = Path(os.path.abspath(input_root if input_root is not None else list_file.parent))
+    base = Path(os.path.abspath(list_file.parent))
     absolute = []
     for line in list_file.read_text().splitlines():
         line = line.strip()
@@ -59,7 +61,8 @@ def read_file_list(list_file: str | os.PathLike,
         absolute.append(os.path.normpath(p if p.is_absolute() else base / p))
     if not absolute:
         raise ValueError(f"file list {list_file} names no files; put one audio path per line")
-    root = str(base) if input_root is not None else os.path.commonpath([os.path.dirname(a) for a in absolute])
+    root = os.path.abspath(input_root) if input_root is not None else \
+        os.path.commonpath([os.path.dirname(a) for a in absolute])
     rel = []
     for a in absolute:
         r = os.path.relpath(a, root)
@@ -172,19 +175,40 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
+class FileTooLarge(Exception):
+    """One file that does not fit in memory even alone on the CPU: the file's fault (a rejection),
+    unlike every other encoder error, which is the model's or the device's and stops the worker."""
+
+
+def host_copy(model):
+    """A CPU copy of ``model`` built from its config and state dict: the state dict's tensors are
+    copied device -> host one by one, so nothing new is allocated on the model's device (a
+    ``deepcopy`` would first clone the whole model there)."""
+    import torch
+
+    copy = type(model)(**model.config)
+    copy.load_state_dict({k: v.detach().to("cpu") for k, v in model.state_dict().items()})
+    return copy.eval().requires_grad_(False) if isinstance(copy, torch.nn.Module) else copy
+
+
 class BatchEncoder:
     """Encodes batches of equal padded length; on out-of-memory halves the batch and retries,
     and a single item that still does not fit is encoded on the CPU.
 
     ``encode(items)`` -> list (per item) of lists (per codebook) of int16/int32 numpy arrays.
+    ``cpu_model_loader`` (optional, e.g. loading the weights from disk) makes the CPU model of the
+    fallback; without it the model is copied to the host with :func:`host_copy`. Raises
+    :class:`FileTooLarge` for a single item that runs out of memory on the CPU; any other error
+    (device, model) propagates.
     """
 
-    def __init__(self, model, device: str, pad_multiple: int, codebook_size: int):
+    def __init__(self, model, device: str, pad_multiple: int, codebook_size: int, cpu_model_loader=None):
         self.model = model
         self.device = device
         self.pad_multiple = pad_multiple
         self.dtype = code_dtype(codebook_size)
         self.oom_retries = 0
+        self.cpu_model_loader = cpu_model_loader
         self._cpu_model = None
 
     def _stack(self, items: list[LoadedItem]):
@@ -203,26 +227,34 @@ class BatchEncoder:
             codes = model.encode(x.to(device, non_blocking=True))
             return [c.to(torch_dtype).cpu().numpy() for c in codes]  # per codebook (B, T_j)
 
-    def encode(self, items: list[LoadedItem]) -> list[list[np.ndarray]]:
-        import torch
-
+    def _try(self, model, items: list[LoadedItem], device: str) -> list | None:
+        """Codes per codebook (B, T_j), or None when the device ran out of memory. The caller
+        retries after this returns, so the failed attempt's tensors (held by the exception's
+        traceback frames) are already freed when the smaller batch runs."""
         try:
-            codes = self._run(self.model, self._stack(items), self.device)
+            return self._run(model, self._stack(items), device)
         except Exception as e:
             if not _is_oom(e):
                 raise
+        return None
+
+    def encode(self, items: list[LoadedItem]) -> list[list[np.ndarray]]:
+        import torch
+
+        codes = self._try(self.model, items, self.device)
+        if codes is None:
             self.oom_retries += 1
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             if len(items) > 1:
                 half = len(items) // 2
                 return self.encode(items[:half]) + self.encode(items[half:])
-            if self.device == "cpu":
-                raise
-            if self._cpu_model is None:  # a file too long for the GPU even alone
-                import copy
-                self._cpu_model = copy.deepcopy(self.model).to("cpu")
-            codes = self._run(self._cpu_model, self._stack(items), "cpu")
+            if self.device != "cpu":  # a file too long for the device even alone: encode it on the CPU
+                if self._cpu_model is None:
+                    self._cpu_model = (self.cpu_model_loader or (lambda: host_copy(self.model)))()
+                codes = self._try(self._cpu_model, items, "cpu")
+            if codes is None:
+                seconds = items[0].duration
+                raise FileTooLarge(f"out of memory encoding {seconds:.0f} s even alone on the CPU; split "
+                                   "the file or lower --max_seconds")
         return [[c[b] for c in codes] for b in range(len(items))]
-
-

@@ -11,6 +11,7 @@ codebook j (coarse first; len(codes_j) * vq_strides[j] is equal across j), and w
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -30,6 +31,7 @@ SHARD_PREFIX = "shard-w"
 SHARD_SUFFIX = ".parquet"
 INDEX_PREFIX = "index-"
 LOCK_NAME = ".lock"
+QUARANTINE_DIR = "_quarantine"  # rows set aside by the resume scan (stale or duplicate), never deleted
 
 
 def codes_column(j: int) -> str:
@@ -89,9 +91,52 @@ def read_rejections(cache_dir: str | os.PathLike) -> dict[str, str]:
     return {p: r for p, (r, _) in out.items()}
 
 
+
+def weights_fingerprint(model) -> str:
+    """sha256 over the encoder + quantizer tensors of ``model``'s state dict, in key order.
+
+    Codes depend on exactly these weights (the decoder is not used to make them), so two models
+    with equal fingerprints make equal codes. Each tensor contributes its key, dtype, shape and
+    raw bytes; the result does not depend on the device the model sits on.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    found = 0
+    for key, tensor in model.state_dict().items():
+        if not key.startswith(("encoder.", "quantizer.")):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        found += 1
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no encoder./quantizer. tensors to fingerprint; "
+                         "pass the SNAC model that makes the codes")
+    return h.hexdigest()
+
+
+def resampler_name() -> str:
+    """The resampler every cached file went through (recorded: another one changes the codes)."""
+    import soxr
+
+    return f"soxr-HQ {getattr(soxr, '__version__', '?')}"
+
+
+def validate_target_sample_rate(target_sample_rate: int, base_sample_rate: int) -> None:
+    """The one rule for an output rate: the base model's own rate (stock decoder) or a multiple
+    of it, at least 2x (a SNAC48-style head upsamples by that integer). Raises ValueError."""
+    t, b = int(target_sample_rate), int(base_sample_rate)
+    if t != b and (t % b or t < 2 * b):
+        raise ValueError(f"--target_sample_rate {t} must equal the base rate {b} or be a multiple "
+                         f"of it (>= 2x), e.g. {2 * b}")
+
+
 def model_settings(model_id: str, config: dict, target_sample_rate: int, embed_audio: bool,
-                   input_root: str) -> dict:
-    """What every run into one cache directory must agree on (model_config is SNAC.config)."""
+                   input_root: str, weights_fingerprint: str | None = None) -> dict:
+    """What every run into one cache directory must agree on (model_config is SNAC.config;
+    ``weights_fingerprint`` is :func:`weights_fingerprint` of the model that makes the codes)."""
     import torch
 
     from ..model import SNAC
@@ -112,6 +157,8 @@ def model_settings(model_id: str, config: dict, target_sample_rate: int, embed_a
         "target_sample_rate": int(target_sample_rate),
         "embed_audio": bool(embed_audio),
         "input_root": str(input_root),
+        "weights_fingerprint": weights_fingerprint,
+        "resampler": resampler_name(),
     }
 
 
@@ -132,19 +179,22 @@ def write_manifest(cache_dir: str | os.PathLike, settings: dict, run: dict | Non
         upsampled += int(pc.sum(pc.less(t["sample_rate"], settings["target_sample_rate"])).as_py() or 0)
         paths.extend(t["path"].to_pylist())
     unique = set(paths)
-    rejected = [{"path": p, "reason": r} for p, r in sorted(read_rejections(cache_dir).items())
-                if p not in unique]
     listed = run.pop("listed_files", None)
-    missing = None if listed is None else len(set(listed) - unique - {r["path"] for r in rejected})
+    listed = None if listed is None else set(listed)
+    # a rejection of a file that is no longer listed is history, not part of this cache's accounting
+    rejected = [{"path": p, "reason": r} for p, r in sorted(read_rejections(cache_dir).items())
+                if p not in unique and (listed is None or p in listed)]
+    missing = None if listed is None else len(listed - unique - {r["path"] for r in rejected})
     failed = run.get("failed_workers", [])
     manifest = dict(settings)
     manifest.update({
         "rows": rows,
+        "listed": None if listed is None else len(listed),  # rows == listed - len(rejected) - missing
         "hours": seconds / 3600.0,
         "upsampled": upsampled,
         "duplicates": len(paths) - len(unique),
         "missing": missing,
-        "complete": (not failed and not run.get("interrupted") and missing in (0, None)
+        "complete": (rows > 0 and not failed and not run.get("interrupted") and missing in (0, None)
                      and len(paths) == len(unique)),
         "shards": shards,
         "rejected": rejected,

@@ -26,12 +26,23 @@ from .format import INDEX_PREFIX, codes_column, list_shards, now_iso, read_manif
 INDEX_VERSION = 2
 
 
+# bytes read from the end of each shard for the index digest: parquet's footer (row groups, column
+# chunk offsets, sizes and statistics) sits there, so any rewrite of a shard changes them
+_TAIL_BYTES = 1 << 16
+
+
 def shard_digest(shards: list[Path], manifest: dict) -> str:
+    """Names the index of this set of shards: their names, sizes and the last bytes of each
+    (the parquet footer). Content, not modification times: a copied or downloaded cache
+    (``cp -r``, rsync without -t) keeps its index."""
     h = hashlib.sha1(f"v{INDEX_VERSION}".encode())
     h.update(json.dumps([manifest["model_config"], manifest["embed_audio"]], sort_keys=True).encode())
     for s in shards:
-        st = s.stat()
-        h.update(f"{s.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        size = s.stat().st_size
+        h.update(f"{s.name}:{size};".encode())
+        with open(s, "rb") as f:
+            f.seek(max(0, size - _TAIL_BYTES))
+            h.update(f.read())
     return h.hexdigest()[:16]
 
 
@@ -51,7 +62,7 @@ def _write_strings(directory: Path, name: str, strings: pa.Array) -> None:
 def build_index(cache_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write the flat random-access copy of the shards (once per set of shards) and return its dir.
 
-    ``index-<digest>/`` where the digest covers the shard names, sizes and mtimes, so a changed
+    ``index-<digest>/`` where the digest covers the shard names, sizes and footers, so a changed
     cache gets a new index and a stale one is never used. Built in a temporary directory and
     renamed (atomic: concurrent builders are safe; the loser drops its copy). Rows are ordered by
     path, so row i is the same file whatever the worker count of the run that made the cache.

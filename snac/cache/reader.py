@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import decode_flac, read_window
-from .format import INDEX_PREFIX, canonical_model_config, compare_model_configs, list_shards, read_manifest
+from .format import (INDEX_PREFIX, canonical_model_config, compare_model_configs, list_shards, read_manifest,
+                     weights_fingerprint)
 from .index import build_index, shard_digest
 
 # A row up to this size is read whole with one pread and sliced; longer rows per codebook.
@@ -29,15 +30,19 @@ class CodeCache:
     forked DataLoader workers share the mapped pages. Row i is ordered by source path.
 
     ``expected_model_config`` (a SNAC or SNAC48 config dict) makes the reader refuse codes made
-    by a different model. ``audio_root`` overrides the manifest's ``input_root`` (a cache moved to
-    another machine without embedded audio).
+    by a different model config; ``expected_model`` (the SNAC model itself) also compares the
+    weights fingerprint, refusing codes made with other weights of the same config. ``audio_root``
+    overrides the manifest's ``input_root`` (a cache moved to another machine without embedded audio).
+    A read-only cache whose index is up to date opens without writing anything.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, expected_model_config: dict | None = None, *,
-                 audio_root: str | os.PathLike | None = None):
+                 expected_model=None, audio_root: str | os.PathLike | None = None):
         self.cache_dir = Path(cache_dir)
         self.manifest = read_manifest(self.cache_dir)
         m = self.manifest
+        if expected_model is not None and expected_model_config is None:
+            expected_model_config = expected_model.config
         if expected_model_config is not None:
             diffs = compare_model_configs(m["model_config"], expected_model_config)
             if diffs:
@@ -47,6 +52,14 @@ class CodeCache:
                     f"vs expected {json.dumps(canonical_model_config(expected_model_config), sort_keys=True)}. "
                     f"Fix: train with the model that made the cache ({m['model_id']}) or re-make the cache "
                     f"with cache_codes_multigpu.py --pretrained_model <your model>")
+        if expected_model is not None:
+            mine = weights_fingerprint(expected_model)
+            if m.get("weights_fingerprint") != mine:
+                raise ValueError(
+                    f"code cache {self.cache_dir} was made with other weights than the expected model "
+                    f"(fingerprint {m.get('weights_fingerprint') or 'not recorded'} in the cache vs {mine}); "
+                    f"train with the model that made it ({m['model_id']}) or re-make the cache with "
+                    "cache_codes_multigpu.py --pretrained_model <your model> --overwrite")
         if not m.get("rows") and not list_shards(self.cache_dir):
             raise ValueError(f"code cache {self.cache_dir} holds 0 rows ({len(m.get('rejected', []))} files "
                              "rejected); check the input audio and re-run cache_codes_multigpu.py")

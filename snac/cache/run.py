@@ -24,13 +24,13 @@ from pathlib import Path
 from ..audio import AUDIO_EXTENSIONS, AudioError
 from ..fileio import write_json_atomic
 from ..presets import DEFAULT_BASE
-from .encode import (PENDING_BATCHES, BatchEncoder, LengthBuckets, LoadedItem, find_audio_files, load_item,
-                     make_row_ids, partition, read_file_list)
-from .format import (FORMAT_VERSION, INDEX_PREFIX, LOCK_NAME, MANIFEST_NAME, META_DIR, SETTINGS_NAME,
-                     SHARD_PREFIX, SHARD_SUFFIX, model_settings, now_iso, reject_log, shard_schema,
-                     write_manifest)
+from .encode import (PENDING_BATCHES, BatchEncoder, FileTooLarge, LengthBuckets, LoadedItem, find_audio_files,
+                     load_item, make_row_ids, partition, read_file_list)
+from .format import (FORMAT_VERSION, INDEX_PREFIX, LOCK_NAME, MANIFEST_NAME, META_DIR, QUARANTINE_DIR,
+                     SETTINGS_NAME, SHARD_PREFIX, SHARD_SUFFIX, list_shards, model_settings, now_iso, reject_log,
+                     shard_schema, validate_target_sample_rate, weights_fingerprint, write_manifest)
 from .index import build_index
-from .writer import ShardWriter, append_rejection, read_shard_paths
+from .writer import ShardWriter, append_rejection, scan_shards
 
 
 def _opt(default, help: str):
@@ -42,8 +42,9 @@ class CacheConfig:
     """Every option of cache_codes_multigpu.py; the parser is built from these fields."""
     input_dir: str | None = _opt(None, "folder searched recursively for wav/flac/ogg/mp3; paths in the "
                                        "cache are relative to it")
-    file_list: str | None = _opt(None, "text file of audio paths, one per line (relative ones are taken "
-                                       "relative to --input_dir if given, else to the list's folder)")
+    file_list: str | None = _opt(None, "text file of audio paths, one per line; a relative path is relative "
+                                       "to the folder holding the list (prepare_dataset_folder.py writes "
+                                       "such lists); with --input_dir too, cache paths are relative to it")
     output_dir: str = _opt("", "cache directory: parquet shards + manifest.json (required)")
     pretrained_model: str = _opt(DEFAULT_BASE, "hub id or local dir of the frozen SNAC model")
     devices: str | None = _opt(None, "'0,1,2,3' or 'cpu'; default: every visible GPU, else cpu")
@@ -134,6 +135,23 @@ def _exit_with_launcher(lifeline) -> None:
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
+def load_checked_model(pretrained_model: str, settings: dict):
+    """Load the frozen model on the CPU and check it is the one the run's settings were made
+    with (config and weights fingerprint): a model replaced on disk mid-run stops the worker."""
+    from ..model import SNAC
+
+    model = SNAC.from_pretrained(pretrained_model).eval().requires_grad_(False)
+    if model.config != settings["model_config"]:
+        raise RuntimeError(f"{pretrained_model} changed while caching (its config differs from the one "
+                           f"this run started with); rerun the command to resume with the model as it is now")
+    fingerprint = weights_fingerprint(model)
+    if fingerprint != settings["weights_fingerprint"]:
+        raise RuntimeError(f"{pretrained_model} changed while caching: weights fingerprint {fingerprint[:16]} "
+                           f"now vs {settings['weights_fingerprint'][:16]} at the start; rerun the command "
+                           "(it refuses to mix codes of two models)")
+    return model
+
+
 def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     """Cache ``spec.items``: threads read and resample files ahead while this thread encodes
     batches of equal padded length and writes shards. Sends ('progress', ...) and finally
@@ -141,26 +159,24 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     skips loading, for benchmarks in one process. Returns the stats."""
     import torch
 
-    from ..model import SNAC
-
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread() and events is not None:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())  # graceful: write the buffer, exit
         signal.signal(signal.SIGINT, signal.SIG_IGN)          # the launcher handles Ctrl-C
     torch.set_num_threads(spec.torch_threads)
     s = spec.settings
+    cpu_loader = None
     if model is None:
-        model = SNAC.from_pretrained(spec.pretrained_model)
-        if model.config != s["model_config"]:
-            raise RuntimeError(f"{spec.pretrained_model} changed while caching (config differs from "
-                               f"{SETTINGS_NAME}); rerun with --overwrite")
-        model = model.eval().to(spec.device)
+        model = load_checked_model(spec.pretrained_model, s).to(spec.device)
+        # the CPU fallback of a file too long for the GPU reads the weights again from disk:
+        # nothing is copied onto the device that just ran out of memory
+        cpu_loader = lambda: load_checked_model(spec.pretrained_model, s)  # noqa: E731
     out = Path(spec.output_dir)
     schema = shard_schema(s["num_codebooks"], s["codebook_size"], s["embed_audio"],
                           {"model_id": s["model_id"], "model_config": s["model_config"],
                            "target_sample_rate": s["target_sample_rate"], "format_version": FORMAT_VERSION})
     writer = ShardWriter(out, spec.worker_index, schema, spec.shard_rows)
-    encoder = BatchEncoder(model, spec.device, s["pad_multiple"], s["codebook_size"])
+    encoder = BatchEncoder(model, spec.device, s["pad_multiple"], s["codebook_size"], cpu_loader)
     batch_samples = int(spec.batch_seconds * s["model_sample_rate"])
     # Speech spans ~100 padded lengths; holding up to 16 batches of audio (~90 MB at 60 s, 24 kHz)
     # lets buckets fill before the fullest is sent early.
@@ -186,14 +202,18 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
 
     def emit(batch: list[LoadedItem]) -> None:
         t0 = time.monotonic()
+        # Only a file's own fault becomes a rejection (decode, format, empty, non-finite and too
+        # long are caught while loading; too big for memory even alone here). Any other error is
+        # the model's or the device's: it stops this worker, the run ends incomplete, and a rerun
+        # redoes these files instead of recording healthy files as bad.
         try:
             codes = encoder.encode(batch)
-        except Exception as e:
-            if len(batch) > 1:  # find the item that fails; the others are still cached
+        except FileTooLarge as e:
+            if len(batch) > 1:  # cannot happen (OOM splits to single items first); be safe
                 for it in batch:
                     emit([it])
                 return
-            reject(batch[0].path, f"encoding failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            reject(batch[0].path, str(e))
             return
         stats["encode_seconds"] += time.monotonic() - t0
         for it, c in zip(batch, codes):
@@ -338,7 +358,7 @@ def _remove_cache_files(out: Path) -> int:
         if p.is_file():
             p.unlink()
             n += 1
-    for d in [out / META_DIR] + list(out.glob(f"{INDEX_PREFIX}*")) + list(out.glob(f".{INDEX_PREFIX}tmp-*")):
+    for d in [out / META_DIR, out / QUARANTINE_DIR] + list(out.glob(f"{INDEX_PREFIX}*")) + list(out.glob(f".{INDEX_PREFIX}tmp-*")):
         if d.is_dir():
             shutil.rmtree(d)
             n += 1
@@ -374,12 +394,33 @@ def _dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+SETTINGS_KEYS = ("model_config", "weights_fingerprint", "target_sample_rate", "embed_audio", "input_root",
+                 "format_version")
+
+
+def changed_settings(out: Path, settings: dict) -> list[str]:
+    """Settings keys in which ``out``'s cache differs from ``settings`` (a new directory: none).
+    Only a cache without rows may change them; one with rows raises ValueError naming the fix."""
+    path = out / SETTINGS_NAME
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    diff = [k for k in SETTINGS_KEYS if old.get(k) != settings.get(k)]
+    if not diff or not list_shards(out):
+        return diff
+    fix = "pass --overwrite to start over or choose another --output_dir"
+    if diff == ["weights_fingerprint"]:
+        raise ValueError(f"{out} holds codes made with other weights (fingerprint "
+                         f"{old.get('weights_fingerprint') or 'not recorded'}) than {settings['model_id']} "
+                         f"(fingerprint {settings['weights_fingerprint']}); {fix}")
+    raise ValueError(f"{out} holds a cache made with different {', '.join(diff)} "
+                     f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); {fix}")
+
+
 def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     """Cache every input file's codes into ``cfg.output_dir``; returns the exit status (0 = all
     workers finished). Under torchrun (WORLD_SIZE > 1) each rank runs its slots on GPU LOCAL_RANK
     and rank 0 writes the manifest after every rank has finished."""
-    from ..hub import resolve_pretrained
-
     cfg.validate()
     t_start = time.monotonic()
     rank, world, local_rank = _dist_env()
@@ -390,7 +431,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     say = (lambda msg: print(f"{now_iso()} [cache] {msg}", flush=True)) if rank == 0 else \
         (lambda msg: print(f"{now_iso()} [cache rank {rank}] {msg}", flush=True))
 
-    # ---- inputs ----
+    # ---- pre-flight: inputs, devices, model, rate, settings; nothing is written before it passes ----
     if cfg.file_list is not None:
         input_root, files = read_file_list(cfg.file_list, cfg.input_dir)
     else:
@@ -401,40 +442,54 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     items = list(zip(files, ids))
     if cfg.limit is not None:
         items = items[: cfg.limit]
+    devices = parse_devices(cfg.devices)
+    from ..model import SNAC
+
+    model = SNAC.from_pretrained(cfg.pretrained_model)  # on the CPU, for its config and fingerprint
+    validate_target_sample_rate(cfg.target_sample_rate, model.sampling_rate)
+    model_id = os.path.abspath(cfg.pretrained_model) if os.path.isdir(cfg.pretrained_model) else cfg.pretrained_model
+    settings = model_settings(model_id, model.config, cfg.target_sample_rate, cfg.embed_audio, input_root,
+                              weights_fingerprint(model))
+    del model
+    out = Path(cfg.output_dir).absolute()
+    if rank == 0 and not cfg.overwrite:
+        changed_settings(out, settings)  # refuses a cache with rows made otherwise (read only)
 
     # ---- output directory and settings a resumed run must share ----
-    out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     lock = _acquire_lock(out, LOCK_NAME if rank == 0 else f"{LOCK_NAME}-rank{rank}")
-    model_config, _ = resolve_pretrained(cfg.pretrained_model)
-    model_id = os.path.abspath(cfg.pretrained_model) if os.path.isdir(cfg.pretrained_model) else cfg.pretrained_model
-    settings = model_settings(model_id, model_config, cfg.target_sample_rate, cfg.embed_audio, input_root)
+    done: set[str] = set()
+    quarantined: list[dict] = []  # rows this run moved to _quarantine/ (recorded in the manifest)
     if rank == 0:
         if cfg.overwrite:
             n = _remove_cache_files(out)
             if n:
                 say(f"--overwrite: removed {n} files/dirs of the previous cache in {out}")
-        settings_path = out / SETTINGS_NAME
-        if settings_path.is_file():
-            old = json.loads(settings_path.read_text())
-            keys = ("model_config", "target_sample_rate", "embed_audio", "input_root", "format_version")
-            diff = [k for k in keys if old.get(k) != settings.get(k)]
-            if diff:
-                raise ValueError(f"{out} holds a cache made with different {', '.join(diff)} "
-                                 f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); pass --overwrite "
-                                 "to start over or choose another --output_dir")
-        write_json_atomic(settings_path, settings, durable=True)
+        changed = changed_settings(out, settings)  # again under the lock
+        if changed:
+            old_logs = list((out / META_DIR).glob("rejected-w*.jsonl"))  # paths meant other files
+            for log in old_logs:
+                log.unlink()
+            n = len(old_logs)
+            say(f"{out} holds no rows: its settings are replaced (changed: {', '.join(changed)}); "
+                f"{n} rejection logs of the old settings removed")
+        write_json_atomic(out / SETTINGS_NAME, settings, durable=True)
         for tmp in out.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}.tmp-*"):  # left by a killed run
             tmp.unlink()
-        # ---- resume: skip files already in complete shards ----
-        done, corrupt = read_shard_paths(out, quarantine=True)
-        if corrupt:
-            say(f"unreadable shards renamed *.corrupt, their files are redone: {', '.join(corrupt)}")
+        # ---- resume: skip files already in complete shards; set aside stale and duplicate rows ----
+        scan = scan_shards(out, listed=set(files), fix=True)
+        done, quarantined = scan.done, scan.quarantined
+        if scan.corrupt:
+            say(f"unreadable shards renamed *.corrupt, their files are redone: {', '.join(scan.corrupt)}")
+        for q in scan.quarantined:
+            what = "of files no longer listed" if q["reason"] == "stale" else "already cached in an earlier shard"
+            say(f"moved {q['rows']} rows {what} out of {q['shard']} into {out / q['file']} (kept, not deleted)")
     if distributed:
         dist.barrier()
         if rank != 0:  # after rank 0 set damaged shards aside; no rank has started writing yet
-            done, _ = read_shard_paths(out, quarantine=False)
-    devices = parse_devices(cfg.devices)
+            done = scan_shards(out, fix=False).done
+    # files cached by an earlier run with a larger --limit stay part of the cache
+    listed = [f for f, _ in items] + sorted(done - {f for f, _ in items})
     if distributed:
         devices = ["cpu"] if devices == ["cpu"] else \
             ([devices[local_rank % len(devices)]] if cfg.devices else [f"cuda:{local_rank}"])
@@ -537,7 +592,8 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     status = 0 if not failed and not interrupted else 1
     if rank == 0:
         manifest = write_manifest(out, settings, {
-            "listed_files": [f for f, _ in items], "failed_workers": failed, "interrupted": interrupted,
+            "listed_files": listed, "quarantined": quarantined, "failed_workers": failed,
+            "interrupted": interrupted,
             "last_run": {"workers": num_workers, "devices": slots if not distributed else f"{world} ranks",
                          "elapsed_seconds": round(elapsed, 1), "files_cached": sum(r.get("rows", 0) for r in results.values()),
                          "audio_seconds_per_second": round(encoded_seconds / elapsed, 2) if elapsed > 0 else None,
@@ -554,7 +610,11 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             say(f"  rejected {r['path']}: {r['reason']}")
         if len(rej) > 10:
             say(f"  ... {len(rej) - 10} more in {out / MANIFEST_NAME}")
-        if failed or interrupted:
+        if manifest["rows"] == 0:
+            say(f"NOTHING CACHED: 0 rows; {len(rej)} of {len(listed)} listed files rejected (reasons above); "
+                "fix the input audio and rerun")
+            status = 1
+        elif failed or interrupted:
             say(f"INCOMPLETE: {'interrupted' if interrupted else f'{len(failed)} worker(s) died'}; "
                 f"completed shards are kept: rerun the same command to finish ({manifest['missing']} files left)")
         elif not manifest["complete"]:

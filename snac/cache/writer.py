@@ -4,6 +4,7 @@ and a synthetic cache of random codes for tests and benchmarks (through the same
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,8 +17,9 @@ import pyarrow.parquet as pq
 
 from ..fileio import write_json_atomic
 from .encode import LoadedItem
-from .format import (SETTINGS_NAME, SHARD_PREFIX, SHARD_SUFFIX, code_dtype, codes_column, list_shards,
-                     model_settings, now_iso, reject_log, shard_name, shard_schema, write_manifest)
+from .format import (QUARANTINE_DIR, SETTINGS_NAME, SHARD_PREFIX, SHARD_SUFFIX, code_dtype, codes_column,
+                     list_shards, model_settings, now_iso, reject_log, shard_name, shard_schema,
+                     weights_fingerprint, write_manifest)
 
 # A worker writes its buffer as a shard once it holds this much wall time of work, so a crash
 # loses at most this much (the rows are redone on resume) even when --shard_rows is large.
@@ -84,31 +86,79 @@ class ShardWriter:
         if not self.rows:
             return None
         name = shard_name(self.worker_index, self.seq)
-        final = self.cache_dir / name
-        tmp = self.cache_dir / f"{name}.tmp-{os.getpid()}"
-        pq.write_table(self.table(), tmp, compression="zstd")
-        with open(tmp, "rb") as f:  # durable before it becomes visible as complete
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        write_parquet_durable(self.table(), self.cache_dir / name)
         self.seq += 1
         self.written.append(name)
         self._reset()
         return name
 
 
-def read_shard_paths(cache_dir: str | os.PathLike, quarantine: bool = True) -> tuple[set[str], list[str]]:
-    """Paths already cached (in complete shards). A shard that cannot be read is renamed
-    ``*.corrupt`` (when ``quarantine``) so its files are redone. Returns (paths, unreadable shards)."""
-    done: set[str] = set()
-    bad = []
+def write_parquet_durable(table: pa.Table, final: Path) -> None:
+    """Temporary name beside ``final``, fsync, rename: a reader sees the old file or the whole new one."""
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:  # durable before it becomes visible as complete
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+@dataclasses.dataclass
+class ShardScan:
+    """What the resume scan found: paths cached once in readable shards, unreadable shards
+    (renamed ``*.corrupt``), and rows moved to ``_quarantine/`` ({shard, rows, reason, file})."""
+    done: set
+    corrupt: list
+    quarantined: list
+
+
+def _quarantine(cache_dir: Path, shard: Path, table: pa.Table, reason: str) -> str:
+    """Write ``table`` (rows set aside from ``shard``) under _quarantine/; returns its relative path."""
+    directory = cache_dir / QUARANTINE_DIR
+    directory.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    dest = directory / f"{shard.stem}.{reason}-{stamp}-{os.getpid()}{SHARD_SUFFIX}"
+    write_parquet_durable(table, dest)
+    return f"{QUARANTINE_DIR}/{dest.name}"
+
+
+def scan_shards(cache_dir: str | os.PathLike, listed: set[str] | None = None, fix: bool = True) -> ShardScan:
+    """The resume scan. With ``fix`` (rank 0 only, under the run lock): an unreadable shard is
+    renamed ``*.corrupt`` (its files are redone); rows of files not in ``listed`` ("stale") and
+    second copies of a path already seen in an earlier shard ("duplicate") are moved out of their
+    shard into ``_quarantine/`` (written there first, then the shard is rewritten without them),
+    so the cache holds each listed file at most once and nothing is deleted. Without ``fix`` it
+    only reads the paths."""
+    cache_dir = Path(cache_dir)
+    scan = ShardScan(set(), [], [])
     for shard in list_shards(cache_dir):
         try:
-            done.update(pq.read_table(shard, columns=["path"])["path"].to_pylist())
+            paths = pq.read_table(shard, columns=["path"])["path"].to_pylist()
         except Exception:
-            if quarantine and shard.exists():
+            if fix and shard.exists():
                 shard.rename(shard.with_name(shard.name + ".corrupt"))
-            bad.append(shard.name)
-    return done, bad
+            scan.corrupt.append(shard.name)
+            continue
+        reasons, seen = [], set()
+        for p in paths:  # per row: None (keep), "stale" or "duplicate"
+            reasons.append("stale" if listed is not None and p not in listed
+                           else "duplicate" if p in scan.done or p in seen else None)
+            seen.add(p)
+        if fix and any(reasons):
+            table = pq.read_table(shard)
+            for reason in ("stale", "duplicate"):
+                mask = pa.array([r == reason for r in reasons])
+                n = sum(r == reason for r in reasons)
+                if n:
+                    dest = _quarantine(cache_dir, shard, table.filter(mask), reason)
+                    scan.quarantined.append({"shard": shard.name, "rows": n, "reason": reason, "file": dest})
+            keep = table.filter(pa.array([r is None for r in reasons]))
+            if keep.num_rows:
+                write_parquet_durable(keep, shard)
+            else:
+                shard.unlink()
+            paths = [p for p, r in zip(paths, reasons) if r is None]
+        scan.done.update(paths)
+    return scan
 
 
 def append_rejection(cache_dir: Path, worker_index: int, path: str, reason: str) -> None:
@@ -120,14 +170,15 @@ def append_rejection(cache_dir: Path, worker_index: int, path: str, reason: str)
 def write_synthetic_cache(out_dir: str | os.PathLike, num_rows: int, model_config: dict, *,
                           target_sample_rate: int = 48000, rows_per_shard: int = 10000,
                           min_coarse: int = 1, max_coarse: int = 120, seed: int = 0,
-                          model_id: str = "synthetic") -> dict:
+                          model_id: str = "synthetic", model=None) -> dict:
     """For tests and benchmarks: a cache of random codes (no audio, no model run) written by the
     production :class:`ShardWriter`. Row lengths are uniform in [min_coarse, max_coarse] coarse
     tokens; paths are shuffled across shards so the index's path order differs from shard order.
-    Returns the manifest."""
+    ``model`` (optional) records its weights fingerprint, as a real run does. Returns the manifest."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = model_settings(model_id, model_config, target_sample_rate, False, str(out / "no_audio"))
+    settings = model_settings(model_id, model_config, target_sample_rate, False, str(out / "no_audio"),
+                              None if model is None else weights_fingerprint(model))
     strides, size = settings["vq_strides"], settings["codebook_size"]
     ratios = [strides[0] // s for s in strides]
     dtype = code_dtype(size)
