@@ -73,3 +73,59 @@ def test_an_output_dir_without_permission_is_one_line(data, tmp_path, capsys, no
     locked.mkdir(mode=0o500)
     err = one_error_line(capsys, base_args(tmp_path, data["model"], data["train"], data["val"], locked / "run"))
     assert "no permission to write" in err
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist; pass an existing .pt file"),
+    ("pickled", "holds pickled objects, not a checkpoint"),
+    ("truncated", "is unreadable"),
+    ("not ours", "is not a training checkpoint of this script"),
+])
+def test_load_checkpoint_refuses_what_it_cannot_use_with_one_line(tmp_path, case, message):
+    import fractions
+
+    import torch
+
+    from snac.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "c.pt"
+    if case == "pickled":  # an arbitrary Python object: weights_only loading must refuse it
+        torch.save({"model": {}, "iteration": 1, "extra": fractions.Fraction(1, 3)}, path)
+    elif case == "truncated":
+        save_checkpoint({"model": {"w": torch.ones(100)}, "iteration": 1}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif case == "not ours":
+        torch.save({"weights": torch.ones(2)}, path)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_fewer_training_rows_than_ranks_is_refused(data, tmp_path):
+    from helpers_train import config
+    from snac.train.distributed import DistInfo
+
+    cfg = config(data["root"], data["model"], data["train"], data["val"], tmp_path / "run")
+    with pytest.raises(plan_module.PreflightError, match="has 8 rows, fewer than the 9 ranks"):
+        plan_module.preflight(cfg, DistInfo(rank=0, world_size=9))
+
+
+@pytest.mark.parametrize("rate,message", [
+    (36000, "--target_sample_rate 36000 must equal the base rate 24000 or be a multiple of it"),
+    (12000, "--target_sample_rate 12000 must equal the base rate 24000 or be a multiple of it"),
+])
+def test_a_target_rate_the_base_cannot_reach_is_refused(data, tmp_path, capsys, monkeypatch, rate, message):
+    monkeypatch.setattr(loop, "build_model", lambda *a, **k: pytest.fail("model work before the rate check"))
+    err = one_error_line(capsys, base_args(tmp_path, data["model"], data["train"], data["val"], tmp_path / "run",
+                                           target_sample_rate=rate))
+    assert message in err
+
+
+def test_resuming_a_checkpoint_at_another_rate_is_refused(data, tmp_path, capsys):
+    from helpers_train import train_in_process
+
+    out = tmp_path / "run"
+    assert train_in_process(data, out, max_steps=1) == 0  # a 48 kHz run
+    err = one_error_line(capsys, base_args(tmp_path, data["model"], data["train"], data["val"], out,
+                                           resume="auto", target_sample_rate=24000))
+    assert "decodes at 48000 Hz but --target_sample_rate is 24000" in err
