@@ -9,7 +9,8 @@
 Every flag is a key of the optional --config JSON (explicit flags win); `--help` lists them.
 The run directory gets config.json, training.log, metrics.jsonl, status.json, TensorBoard events
 and checkpoints (checkpoint_iter{N}.pt, checkpoint_epoch{E}.pt, latest.pt, best_model.pt).
-SIGTERM / SIGINT finish the current step, save latest.pt and exit 0; a second signal exits at once.
+SIGTERM / SIGINT finish the current step, save latest.pt and exit 0 (signals arriving within 1 s are
+one request); a later, separate signal exits at once.
 This file is the entry point (flags, pre-flight, run directory, exit status); the loop and its
 parts live in snac/train/ (plan.py, loop.py, state.py, step.py, phases.py, log.py).
 """
@@ -87,13 +88,22 @@ def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
         return {"finished": 0, "stopped": 0, "bad_steps": EXIT_BAD_STEPS}[result]
     except Exception as e:
         traceback.print_exc()
-        log.line(f"error: {type(e).__name__}: {e}")
-        log.update_status(state="failed", error=f"{type(e).__name__}: {e}")
+        report_failure(log, f"{type(e).__name__}: {e}")
         return EXIT_FAILED
     finally:
         stop.restore()
         log.close()
         cleanup()
+
+
+def report_failure(log: RunLog, error: str) -> None:
+    """Best effort: the error line and status 'failed'. Never raises (a full disk or a closed log
+    must not hide the original error behind a second traceback)."""
+    for write in (lambda: log.line(f"error: {error}"), lambda: log.update_status(state="failed", error=error)):
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - reporting is best effort
+            print(f"error: could not record the failure ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
 
 
 def describe_device(device: torch.device, dist_info: DistInfo) -> str:

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {t:6.1f} s  {name}")
     print(f"\ntraining: part 1 stopped at iteration {status1.get('iteration')} (phase {status1.get('phase')}), "
           f"part 2 resumed and finished at iteration {status.get('iteration')}/{status.get('total_iterations')}; "
-          f"best val loss {status.get('best_val_loss')}")
+          f"best val loss {'-' if status.get('best_val_loss') is None else format(status['best_val_loss'], '.4f')}")
     print(f"  phase switch:       {(grep(log, 'phase switch') or ['(none logged)'])[0]}")
     print(f"  iteration ckpt:     {(grep(log, r'saved checkpoint_iter') or ['(none)'])[0]}")
     print(f"  timer ckpt:         {timer[0] if timer else '(none: the run saved more often than the timer)'}")

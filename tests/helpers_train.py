@@ -184,3 +184,9 @@ def small_run_data(root, val_durations: list[float]) -> dict:
     return {"root": root, "model": save_tiny_model(root / "model"),
             "train": write_cache(root / "train", model, [0.5, 0.8, 1.0, 0.3, 1.2, 0.6, 0.9, 0.7], seed=1),
             "val": write_cache(root / "val", model, val_durations, seed=2)}
+
+
+def train_in_process(data: dict, out: Path, **overrides) -> int:
+    """A tiny run of ``small_run_data`` in this process (no TensorBoard examples); its exit status."""
+    cfg = config(data["root"], data["model"], data["train"], data["val"], out, val_examples=0, **overrides)
+    return load_trainer().train(cfg)

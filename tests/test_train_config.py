@@ -6,7 +6,7 @@ import pytest
 
 from helpers_train import one_thread  # noqa: F401
 from snac.train.config import (FIELD_NAMES, ConfigError, TrainConfig, build_parser, epoch_plan,
-                               resolve_config)
+                               resolve_config, stages_beyond)
 
 
 def test_flags_beat_the_json_file_which_beats_the_defaults(tmp_path):
@@ -42,6 +42,16 @@ def test_every_flag_is_a_config_key_and_the_resolved_config_round_trips(tmp_path
     ({"train_codes": "a", "batch_size": "many"}, "batch_size: expected int"),
     ({"train_codes": "a", "precision": "fp16"}, "--precision must be bf16 or fp32"),
     ({}, "--train_codes is required"),
+    ({"train_codes": "a", "n_ffts": "1024,big"}, "--n_ffts must be a comma list of integers"),
+    ({"train_codes": "a", "n_ffts": [1024, 4]}, "--n_ffts must list FFT sizes >= 8"),
+    ({"train_codes": "a", "segment_schedule": "[{"}, "--segment_schedule is not valid JSON"),
+    ({"train_codes": "a", "segment_schedule": {"epochs": [1, 2]}}, "--segment_schedule must be a JSON list"),
+    ({"train_codes": "a", "segment_schedule": [[1, 2]]}, "entry 0 must be an object"),
+    ({"train_codes": "a", "segment_schedule": [{"epochs": [1, 2]}]}, "entry 0 needs keys epochs and length"),
+    ({"train_codes": "a", "segment_schedule": [{"epochs": [2, 1], "length": 1}]}, "first <= last"),
+    ({"train_codes": "a", "segment_schedule": [{"epochs": [1, 2], "length": -1}]}, "length must be positive"),
+    ({"train_codes": "a", "segment_schedule": [{"epochs": [1, 2], "length": 1, "batch_multiplier": 0}]},
+     "batch_multiplier must be positive"),
 ])
 def test_bad_values_fail_with_one_line(tmp_path, content, message):
     f = tmp_path / "bad.json"
@@ -65,3 +75,36 @@ def test_shipped_configs_are_valid():
     for path in sorted((REPO / "configs").glob("*.json")):
         if path.name.startswith("finetune") or path.name.startswith("tiny"):
             resolve_config(["--config", str(path), "--train_codes", "x"])
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "3"])
+def test_a_config_file_that_is_not_a_json_object_is_one_line(tmp_path, content):
+    f = tmp_path / "c.json"
+    f.write_text(content)
+    with pytest.raises(ConfigError, match="must hold a JSON object of flag names to values"):
+        resolve_config(["--config", str(f)])
+
+
+def test_epochs_shorter_than_the_schedule_cut_it_and_name_what_was_cut():
+    # the shipped 48 kHz config's schedule runs to epoch 15; --epochs 2 was refused before
+    from helpers_train import REPO
+
+    cfg = resolve_config(["--config", str(REPO / "configs" / "finetune_48khz.json"), "--train_codes", "x",
+                          "--epochs", "2"])
+    first = cfg.segment_schedule[0]
+    assert cfg.epochs == 2 and epoch_plan(cfg, 1) == (first["length"], 32 * first["batch_multiplier"])
+    cut = stages_beyond([{"epochs": [1, 2], "length": 1.0, "batch_multiplier": 4},
+                         {"epochs": [3, 6], "length": 2.0}], 2)
+    assert cut == ["epochs 3-6 (2 s, batch x1)"]
+    assert stages_beyond([{"epochs": [1, 4], "length": 1.0}], 2) == ["epochs 3-4 (1 s, batch x1)"]
+    assert stages_beyond([{"epochs": [1, 2], "length": 1.0}], 2) == []
+
+
+def test_help_shows_each_default_once_as_the_flag_takes_it(capsys):
+    from snac.train.config import build_parser
+
+    text = " ".join(build_parser().format_help().split())  # argparse wraps lines
+    assert "(required) (default" not in text and "(default: None)" not in text
+    device = text.index("--device DEVICE GPU")  # the help entry, not the usage line
+    assert text.count("(default:", device, text.index("--num_workers NUM_WORKERS DataLoader")) == 1
+    assert "(default: 1024,2048,4096,8192)" in text

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from helpers_train import FakeCache, TINY_24KHZ, TINY_32KHZ, one_thread, tiny_snac, write_cache  # noqa: F401
+from snac.audio import resample
 from snac.cache import CodeCache
 from snac.train.windows import (WindowDataset, WindowGeometry, WindowSampler, collate_windows, validation_items,
                        window_start)
@@ -42,8 +43,11 @@ def test_every_scale_and_the_audio_start_at_the_same_instant(config, out_rate):
         item = dataset[(row, k, n)]
         # model-rate time (in samples) of each scale's first token and of the first audio sample
         instants = [int(c[0]) * s * hop for c, s in zip(item["codes"], strides)]
-        audio_instant = round(float(item["audio"][0]) * 2**20) * config["sampling_rate"] // out_rate
-        assert len(set(instants)) == 1 and instants[0] == audio_instant == k * strides[0] * hop
+        assert len(set(instants)) == 1 and instants[0] == k * strides[0] * hop
+        # the audio's first sample (its index at R_out) is that instant exactly, in integers:
+        # index * R_in == k * s_0 * hop * R_out (no floor division that could hide a 1-sample shift)
+        audio_index = round(float(item["audio"][0]) * 2**20)
+        assert audio_index * config["sampling_rate"] == k * strides[0] * hop * out_rate
         # and every later token lines up too: codebook i token j sits at sample j * s_i * hop
         for c, s in zip(item["codes"], strides):
             assert np.array_equal(c, np.arange(len(c)) + c[0])
@@ -156,6 +160,29 @@ def test_validation_windows_are_fixed_and_cover_every_row_once():
     one = validation_items(num_coarse, n=4, multiple=2)
     assert one == validation_items(num_coarse, n=4, multiple=2)
     assert [r for r, _, _ in one] == list(range(5)) and all(n == 4 for _, _, n in one)
-    assert all(k % 2 == 0 and (k + 4 <= c or k == 0) for (_, k, _), c in zip(one, num_coarse))
+    # centred on the grid of 2, worked out by hand: row 1 (10 tokens): (10 - 4) / 2 = 3 -> 2;
+    # row 3 (7): 1.5 -> 0; row 4 (20): 8; rows 0 and 2 are shorter than the window -> 0
+    assert [k for _, k, _ in one] == [0, 2, 0, 0, 8]
     split = validation_items(num_coarse, 4, 2, rank=0, world_size=2) + validation_items(num_coarse, 4, 2, 1, 2)
     assert sorted(split) == sorted(one)
+
+
+def test_windows_at_another_cache_rate_equal_slices_of_the_whole_row_resampled(tmp_path):
+    # a cache whose audio is at 24 kHz, a model decoding at 48 kHz: every window must be the
+    # slice of the whole row resampled (before: the bare window was resampled, and its edges
+    # were off by up to ~17% of the RMS)
+    model = tiny_snac()
+    cache = CodeCache(write_cache(tmp_path / "c", model, [0.9], target_sample_rate=24000, embed_audio=True),
+                      expected_model_config=model.config)
+    g = WindowGeometry.from_configs(model.config, 24000, 48000)
+    dataset = WindowDataset(cache, g)
+    whole = resample(cache.audio(0), 24000, 48000)
+    rms = float(np.sqrt(np.mean(whole ** 2)))
+    p = g.output_samples_per_token
+    worst = 0.0
+    for k in range(1, int(cache.num_coarse[0]) - 3):
+        item = dataset[(0, k, 2)]
+        valid = int(item["mask"].sum())
+        assert valid == 2 * p
+        worst = max(worst, float(np.abs(item["audio"][:valid] - whole[k * p:k * p + valid]).max()))
+    assert worst < 1e-4 * rms, worst / rms

@@ -3,10 +3,9 @@ and OneCycleLR must never run past its end after a resume whose curriculum chang
 
 import pytest
 
-from helpers_train import config, load_trainer, one_thread, small_run_data  # noqa: F401
+from helpers_train import one_thread, small_run_data, train_in_process  # noqa: F401
 from snac.train.checkpoint import load_checkpoint
 
-trainer = load_trainer()
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +13,7 @@ def data(tmp_path_factory):
     return small_run_data(tmp_path_factory.mktemp("data"), [0.5, 0.6])
 
 
-def run(data, out, **overrides) -> int:
-    cfg = config(data["root"], data["model"], data["train"], data["val"], out, val_examples=0, **overrides)
-    return trainer.train(cfg)
+run = train_in_process
 
 
 def test_a_best_model_save_also_writes_latest_so_the_run_can_resume(data, tmp_path):

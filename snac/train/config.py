@@ -131,6 +131,16 @@ def _flag_type(f) -> Any:
     return str
 
 
+def help_default(help_text: str, default: Any) -> str:
+    """' (default: X)' for --help, written as the flag takes it (a comma list for a list); nothing
+    when the help already says it (a sentinel explained in words) or the flag is required."""
+    if default is None or "(default:" in help_text or "(required)" in help_text:
+        return ""
+    if isinstance(default, list):
+        default = ",".join(str(v) for v in default)
+    return f" (default: {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """argparse built from TrainConfig; defaults are SUPPRESSed so we know which flags were given."""
     parser = argparse.ArgumentParser(
@@ -138,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS)
     for f in fields(TrainConfig):
         default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f.metadata["help"] + help_default(f.metadata["help"], default)
         if isinstance(default, bool):
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -263,9 +273,9 @@ def validate_schedule(schedule: list | None, epochs: int) -> None:
                               f"unknown: {unknown}")
         span = entry["epochs"]
         if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(e, int) for e in span)
-                or not 1 <= span[0] <= span[1] <= epochs):
-            raise ConfigError(f"{where}: epochs must be [first, last], 1-based inclusive within "
-                              f"1..{epochs}, got {span}")
+                or not 1 <= span[0] <= span[1]):
+            raise ConfigError(f"{where}: epochs must be [first, last], 1-based inclusive with "
+                              f"first <= last, got {span}")
         length, mult = entry["length"], entry.get("batch_multiplier", 1)
         if not isinstance(length, (int, float)) or length <= 0:
             raise ConfigError(f"{where}: length must be positive seconds, got {length!r}")
@@ -275,6 +285,18 @@ def validate_schedule(schedule: list | None, epochs: int) -> None:
         if covered & epochs_here:
             raise ConfigError(f"{where}: epochs {sorted(covered & epochs_here)} are covered twice")
         covered |= epochs_here
+
+
+def stages_beyond(schedule: list | None, epochs: int) -> list[str]:
+    """The curriculum stages (or their parts) after the last epoch: the schedule is cut at
+    --epochs (a shorter run of a config), and the log says what was cut."""
+    cut = []
+    for entry in schedule or []:
+        first, last = entry["epochs"]
+        if last > epochs:
+            first = max(first, epochs + 1)
+            cut.append(f"epochs {first}-{last} ({entry['length']:g} s, batch x{entry.get('batch_multiplier', 1):g})")
+    return cut
 
 
 def epoch_plan(cfg: TrainConfig, epoch: int) -> tuple[float, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,10 +93,17 @@ def barrier() -> None:
 
 
 class StopFlag:
-    """First SIGTERM/SIGINT: finish the step, save, exit 0. Second: exit at once."""
+    """First SIGTERM/SIGINT: finish the step, save, exit 0. A later, separate signal: exit at once.
 
-    def __init__(self) -> None:
+    Signals that arrive together are one stop request: under ``uv run`` a group SIGTERM (``kill --
+    -PGID``, SLURM, systemd) reaches this process twice within milliseconds (from the kill and
+    forwarded by uv), and Ctrl-C reaches it from the terminal and from uv. Only a signal more than
+    ``coalesce_s`` after the first forces the immediate exit."""
+
+    def __init__(self, coalesce_s: float = 1.0, clock=time.monotonic) -> None:
         self.signum: int | None = None
+        self.first_at = 0.0
+        self.coalesce_s, self.clock = coalesce_s, clock
         self.previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -103,11 +111,19 @@ class StopFlag:
             self.previous[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+        now = self.clock()
+        if self.signum is None:
+            self.signum, self.first_at = signum, now
+        elif now - self.first_at > self.coalesce_s:
             os._exit(128 + signum)
-        self.signum = signum
 
     def restore(self) -> None:
         for s, h in self.previous.items():
             signal.signal(s, h)
 
+
+def ignore_stop_signals_in_worker(_: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a group SIGTERM or Ctrl-C reaches the workers too; they must
+    not die (the main process would fail on a dead worker) before the main process has saved."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)

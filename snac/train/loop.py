@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint import link_atomic, load_checkpoint, maybe_fault, rotate_checkpoints, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, stages_beyond
 from .distributed import DistInfo, StopFlag, agree_any
 from .log import RunLog, Throughput, count, fmt, format_duration
 from .phases import make_optimizer, make_scheduler, parameter_groups, set_phase
@@ -26,6 +26,8 @@ from .state import TrainState, seed_fresh_run
 from .step import make_loaders, run_validation, to_device, train_step, wrap_for_steps
 from .windows import WindowSampler
 
+# options that define the validation loss: a resume that changed them restarts the best val loss
+VALIDATION_KEYS = ("val_codes", "val_segment_length", "n_ffts", "l1_weight", "stft_weight")
 # options that change the training trajectory: a resume that changed them says so in the log
 TRAJECTORY_KEYS = {"seed", "batch_size", "epochs", "warmup_epochs", "learning_rate", "warmup_learning_rate",
                    "segment_length", "segment_schedule", "l1_weight", "stft_weight", "n_ffts", "limit",
@@ -44,7 +46,7 @@ class Run:
     log: RunLog
     clock: Callable[[], float]
     val_loader: Any
-    unfreeze_steps: int  # OneCycleLR's total: every step of the unfreeze epochs
+    unfreeze_steps: int  # the LR curve's length in a fresh run: every step of the unfreeze epochs
 
     @property
     def out(self) -> Path:
@@ -78,8 +80,9 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
     # ---- state: fresh or resumed
     if plan.resume_state is not None:
         ckpt = load_checkpoint(plan.resume_path, map_location="cpu")  # full read (pre-flight mmapped)
-        state.load_state_dict(ckpt, cfg, plan, dist_info, run.unfreeze_steps, warn=log.line)
+        state.load_state_dict(ckpt, cfg, plan, dist_info, warn=log.line)
         log_resume(run, state, ckpt)
+        reset_best_if_validation_changed(run, state, ckpt)
         del ckpt
     else:
         if cfg.resume == "auto":
@@ -117,7 +120,10 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
             if state.iteration % cfg.log_every == 0:
                 log_step(run, state, meter, metrics, lr, epoch_info)
             iter_ckpt = cfg.checkpoint_every > 0 and state.iteration % cfg.checkpoint_every == 0
-            if (cfg.val_every is None and iter_ckpt) or (cfg.val_every and state.iteration % cfg.val_every == 0):
+            # never validate after a stop signal: save first, while there is time (item: a full
+            # validation could outlast the grace period of a SIGTERM)
+            if not stop_now and ((cfg.val_every is None and iter_ckpt)
+                                 or (cfg.val_every and state.iteration % cfg.val_every == 0)):
                 validate(run, state, book, epoch_info)
             if iter_ckpt:
                 save(run, state, book, epoch_info, [f"checkpoint_iter{state.iteration}.pt", "latest.pt"])
@@ -130,7 +136,7 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
                 break
         # ---- end of epoch
         if epoch_done:
-            if cfg.val_every is None:
+            if cfg.val_every is None and result != "stopped":
                 validate(run, state, book, epoch_info)
             state.sampler.start_epoch(state.sampler.epoch + 1)
             save(run, state, book, epoch_info, [f"checkpoint_epoch{epoch_info['epoch']}.pt", "latest.pt"])
@@ -142,9 +148,10 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
     if book.last_saved_iteration != state.iteration:
         save(run, state, book, epoch_info, ["latest.pt"])
     final = "stopped" if result == "stopped" else "finished"
-    log.line(f"{final} at iteration {state.iteration} (epoch {min(state.sampler.epoch + 1, cfg.epochs)}/"
-             f"{cfg.epochs}); best val {fmt(state.best_val)}")
-    log.update_status(state=final, iteration=state.iteration, epoch=epoch_info.get("epoch"), phase=state.phase,
+    # the epoch of the last step trained: the log line and status.json name the same one
+    epoch = epoch_info.get("epoch", min(state.sampler.epoch + 1, cfg.epochs))
+    log.line(f"{final} at iteration {state.iteration} (epoch {epoch}/{cfg.epochs}); best val {fmt(state.best_val)}")
+    log.update_status(state=final, iteration=state.iteration, epoch=epoch, phase=state.phase,
                       best_val_loss=None if math.isinf(state.best_val) else state.best_val)
     return result
 
@@ -275,13 +282,25 @@ def log_resume(run: Run, state: TrainState, ckpt: dict) -> None:
     run.log.metrics({"type": "resume", "iteration": state.iteration, "epoch": state.sampler.epoch + 1,
                      "phase": state.phase, "checkpoint": str(run.plan.resume_path),
                      "time": time.time()})  # rows after it supersede
-    changed = {k for k, v in ckpt["config"].items() if k in TRAJECTORY_KEYS and cfg.to_dict().get(k) != v}
+    changed = {k for k, v in ckpt["config"].items()
+               if k in TRAJECTORY_KEYS.union(VALIDATION_KEYS) and cfg.to_dict().get(k) != v}
     run.log.line(f"resumed from {run.plan.resume_path} at iteration {state.iteration} (epoch "
                  f"{state.sampler.epoch + 1}, {state.sampler.consumed} items in; phase {state.phase}; best val "
                  f"{fmt(state.best_val)})"
                  + (f"; world size {ckpt.get('world_size', 1)} -> {world}" if ckpt.get("world_size", 1) != world
                     else "")
                  + (f"; changed settings: {', '.join(sorted(changed))}" if changed else ""))
+
+
+def reset_best_if_validation_changed(run: Run, state: TrainState, ckpt: dict) -> None:
+    """A best val loss measured by another validation (other val set, window, FFT sizes or loss
+    weights) cannot be compared with the new one: forget it, and say which value and why."""
+    now = run.cfg.to_dict()
+    changed = [f"{k} {ckpt['config'][k]} -> {now[k]}" for k in VALIDATION_KEYS
+               if k in ckpt["config"] and ckpt["config"][k] != now[k]]
+    if changed and not math.isinf(state.best_val):
+        run.log.line(f"best val loss {fmt(state.best_val)} reset: validation changed ({'; '.join(changed)})")
+        state.best_val = math.inf
 
 
 def log_model(run: Run, state: TrainState) -> None:
@@ -292,3 +311,12 @@ def log_model(run: Run, state: TrainState) -> None:
                  f"{len(plan.train_coarse)} train rows, {0 if plan.val_coarse is None else len(plan.val_coarse)} "
                  f"val rows; {total_iterations(cfg, plan)} iterations over {cfg.epochs} epochs; "
                  f"world size {run.dist_info.world_size}")
+    if plan.val_coarse is not None:
+        val_tokens = plan.val_geometry.tokens_for_seconds(cfg.val_segment_length)
+        short = int((plan.val_coarse < val_tokens).sum())
+        if short:
+            run.log.line(f"{short} of {len(plan.val_coarse)} val utterances are shorter than --val_segment_length "
+                         f"{cfg.val_segment_length:g} s: validated whole (padded and masked)")
+    cut = stages_beyond(cfg.segment_schedule, cfg.epochs)
+    if cut:
+        run.log.line(f"segment_schedule cut at --epochs {cfg.epochs}: not run {'; '.join(cut)}")

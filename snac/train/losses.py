@@ -30,31 +30,39 @@ def _magnitude(x: torch.Tensor, n_fft: int) -> torch.Tensor:
     return spec.abs()
 
 
+def stft_terms(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+               n_fft: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) x2 already masked, (B,) real samples -> ((B,) spectral convergence, (B,) log term) at one
+    FFT size. SC = ||S_t - S_p||_F / max(||S_t||_F, noise floor); the log term is the mean
+    |log S_t - log S_p| over the frames centred on real audio."""
+    s_p, s_t = _magnitude(pred, n_fft), _magnitude(target, n_fft)
+    # white noise of RMS r: E|S|^2 = r^2 * sum(window^2) in each of the n_fft/2+1 bins of
+    # each of the valid/hop frames
+    window_energy = torch.hann_window(n_fft, device=pred.device).pow(2).sum()
+    floor = SC_FLOOR_RMS * (valid / (n_fft // 4) * window_energy * (n_fft // 2 + 1)).clamp_min(1.0).sqrt()
+    sc = (s_t - s_p).flatten(1).norm(dim=1) / torch.maximum(s_t.flatten(1).norm(dim=1), floor)
+    frames = s_t.shape[-1]
+    centres = torch.arange(frames, device=pred.device) * (n_fft // 4)  # frame f is centred at f*hop
+    frame_mask = (centres[None, :] < valid[:, None]).float()  # (B, frames)
+    frame_mask[:, 0] = 1.0  # at least one frame per item
+    log_diff = (torch.log(s_t + EPS) - torch.log(s_p + EPS)).abs().mean(1)  # (B, frames)
+    return sc, (log_diff * frame_mask).sum(1) / frame_mask.sum(1)
+
+
 def stft_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
               n_ffts: list[int]) -> torch.Tensor:
     """(B, 1, T) x3 -> (B,) multi-scale STFT loss, averaged over FFT sizes.
 
-    Per size: spectral convergence ||S_t - S_p||_F / ||S_t||_F plus mean |log S_t - log S_p|.
-    The padded tail is zeroed in both signals and frames centred in it are left out of the log
-    term, so padding costs nothing and earns nothing.
+    Per size: spectral convergence ||S_t - S_p||_F / ||S_t||_F plus mean |log S_t - log S_p|
+    (:func:`stft_terms`). The padded tail is zeroed in both signals and frames centred in it are
+    left out of the log term, so padding costs nothing and earns nothing.
     """
     pred = (pred * mask).flatten(1).float()
     target = (target * mask).flatten(1).float()
     valid = mask.flatten(1).sum(1)  # (B,) real samples per item
     total = pred.new_zeros(pred.shape[0])
     for n_fft in n_ffts:
-        s_p, s_t = _magnitude(pred, n_fft), _magnitude(target, n_fft)
-        # white noise of RMS r: E|S|^2 = r^2 * sum(window^2) in each of the n_fft/2+1 bins of
-        # each of the valid/hop frames
-        window_energy = torch.hann_window(n_fft, device=pred.device).pow(2).sum()
-        floor = SC_FLOOR_RMS * (valid / (n_fft // 4) * window_energy * (n_fft // 2 + 1)).clamp_min(1.0).sqrt()
-        sc = (s_t - s_p).flatten(1).norm(dim=1) / torch.maximum(s_t.flatten(1).norm(dim=1), floor)
-        frames = s_t.shape[-1]
-        centres = torch.arange(frames, device=pred.device) * (n_fft // 4)  # frame f is centred at f*hop
-        frame_mask = (centres[None, :] < valid[:, None]).float()  # (B, frames)
-        frame_mask[:, 0] = 1.0  # at least one frame per item
-        log_diff = (torch.log(s_t + EPS) - torch.log(s_p + EPS)).abs().mean(1)  # (B, frames)
-        log_mag = (log_diff * frame_mask).sum(1) / frame_mask.sum(1)
+        sc, log_mag = stft_terms(pred, target, valid, n_fft)
         total = total + sc + log_mag
     return total / len(n_ffts)
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..model import SNAC
 from ..model48 import SNAC48
 from .config import TrainConfig
+from .schedule import OneCycleSchedule
 from .windows import WindowSampler
 
 
@@ -66,39 +67,33 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                              weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """OneCycleLR over every post-warmup step of the whole remaining curriculum."""
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate,
-                                               total_steps=max(1, total_steps),
-                                               pct_start=cfg.onecycle_pct_start, cycle_momentum=False)
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> OneCycleSchedule:
+    """The one-cycle curve (peak --learning_rate) over every post-warmup step of the curriculum."""
+    return OneCycleSchedule(optimizer, cfg.learning_rate, cfg.onecycle_pct_start, total_steps, cfg.weight_decay)
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, resume: dict, cfg: TrainConfig, plan,
-                      sampler: WindowSampler, unfreeze_steps: int, same_world: bool):
-    """Load optimizer (+ OneCycleLR in the unfreeze phase) state; returns the scheduler or None.
+                      sampler: WindowSampler) -> OneCycleSchedule | None:
+    """Load the optimizer (moments) and the LR curve of a checkpoint; returns the schedule or None.
 
-    With another world size the steps per epoch change; the rest of the LR curve is then fitted
-    onto the steps now remaining, so it still ends exactly at the last step. In the same world
-    the planned total is kept (bit-exact resume) unless the plan changed under the run (batch size,
-    curriculum, --limit, epochs): the total then grows to the steps done + the steps now left, so
-    OneCycleLR never steps past its end (it raises there)."""
-    scheduler = None
-    if resume["phase"] == "unfreeze":
-        remaining = 0
-        if sampler.epoch < cfg.epochs:
-            e = plan.epochs[sampler.epoch]
-            sampler.configure(e["tokens"], e["batch"], plan.geometry.token_multiple)
-            remaining = ((sampler.batches_left() if e["phase"] == "unfreeze" else 0)
-                         + sum(x["steps"] for x in plan.epochs[sampler.epoch + 1:] if x["phase"] == "unfreeze"))
-        needed = int(resume["scheduler"]["last_epoch"]) + remaining
-        total = max(unfreeze_steps, needed) if same_world else needed
-        scheduler = make_scheduler(optimizer, cfg, total)
-        fitted = scheduler.state_dict()
-    # after building the scheduler (which rewrites the lr): the saved lr comes back
+    The lr and weight decay come from the current flags, not from the saved param groups (a
+    resume with a new --learning_rate / --weight_decay / --warmup_learning_rate uses them). The
+    rest of the curve is refitted onto the unfreeze steps now left in the whole plan (batch size,
+    curriculum, --limit, epochs or world size may have changed), so it continues where it was and
+    ends exactly at the last step; with an unchanged plan it is the uninterrupted run's curve."""
     optimizer.load_state_dict(resume["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict({**resume["scheduler"], "total_steps": fitted["total_steps"],
-                                   "_schedule_phases": fitted["_schedule_phases"]})
+    for group in optimizer.param_groups:  # the saved groups carry the old flags' values
+        group["weight_decay"] = cfg.weight_decay
+        group["lr"] = cfg.warmup_learning_rate if group.get("name") == "head" else cfg.learning_rate
+    if resume["phase"] != "unfreeze":
+        return None
+    remaining = 0
+    if sampler.epoch < cfg.epochs:
+        e = plan.epochs[sampler.epoch]
+        sampler.configure(e["tokens"], e["batch"], plan.geometry.token_multiple)
+        remaining = ((sampler.batches_left() if e["phase"] == "unfreeze" else 0)
+                     + sum(x["steps"] for x in plan.epochs[sampler.epoch + 1:] if x["phase"] == "unfreeze"))
+    scheduler = make_scheduler(optimizer, cfg, 1)
+    scheduler.load_state_dict(resume["scheduler"])
+    scheduler.refit(remaining)
     return scheduler
-
-

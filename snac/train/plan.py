@@ -5,6 +5,7 @@ Raises :class:`PreflightError` with one line naming the fix; ``build_model`` mak
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,54 @@ def read_base_config(spec: str) -> tuple[dict, dict | None]:
     else:
         try:
             config, _ = resolve_pretrained(spec)
-        except (OSError, ValueError, RuntimeError) as e:
+        except RuntimeError as e:  # the hub is unreachable: name the flag that takes a local copy
+            raise PreflightError(f"--pretrained_model {spec}: {e} (--pretrained_model takes a local model "
+                                 "directory or a .pt checkpoint)") from e
+        except (OSError, ValueError) as e:
             raise PreflightError(f"--pretrained_model {spec}: {e}") from e
     base = dict(config["base"]) if "base" in config else dict(config)
     if base.get("latent_dim") is None:  # hub configs leave it implicit
         base["latent_dim"] = base["encoder_dim"] * 2 ** len(base["encoder_rates"])
     return base, (config if "base" in config else None)
+
+
+def check_output_dir(directory: str) -> None:
+    """The run directory must be (or be creatable as) a writable directory: checked before any
+    work, on every rank, so a bad path is one line and not a traceback after the model loaded."""
+    path = Path(directory)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        raise PreflightError(f"--output_dir {directory} is a file, not a directory; choose another --output_dir")
+    if not existing.is_dir():
+        raise PreflightError(f"--output_dir {directory}: {existing} is a file, so no directory can be made "
+                             "under it; choose another --output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PreflightError(f"--output_dir {directory}: no permission to write in {existing}; choose a "
+                             "writable --output_dir")
+
+
+def looks_local(spec: str) -> bool:
+    """A --pretrained_model that names a local path (a hub id is exactly 'owner/name')."""
+    return (Path(spec).exists() or spec.endswith(".pt") or spec.startswith((".", "/", "~"))
+            or spec.count("/") != 1)
+
+
+def check_local_paths(cfg: TrainConfig) -> None:
+    """Every local path flag before any network access: a typo is reported at once, not after
+    the hub download of the default --pretrained_model has timed out."""
+    for flag, value in (("--train_codes", cfg.train_codes), ("--val_codes", cfg.val_codes)):
+        if value is not None and not Path(value).is_dir():
+            what = "is a file, not a directory" if Path(value).exists() else "does not exist"
+            raise PreflightError(f"{flag} {value} {what}; pass a code cache directory made by "
+                                 "cache_codes_multigpu.py")
+    if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():
+        raise PreflightError(f"--resume {cfg.resume} does not exist; pass a checkpoint file or 'auto'")
+    if looks_local(cfg.pretrained_model) and not Path(cfg.pretrained_model).exists():
+        raise PreflightError(f"--pretrained_model {cfg.pretrained_model} does not exist; pass a model directory, "
+                             "a .pt checkpoint or a hub id owner/name")
+    check_output_dir(cfg.output_dir)
 
 
 def open_cache(directory: str | None, flag: str, base_config: dict, limit: int | None):
@@ -81,6 +124,7 @@ def phase_of(cfg: TrainConfig, epoch: int) -> str:
 
 def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
     """Check every input and lay out the curriculum; raises PreflightError (one line)."""
+    check_local_paths(cfg)
     out = Path(cfg.output_dir)
     # ---- what to resume from
     resume_path, resume_state = None, None
@@ -149,12 +193,7 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
                                  "--segment_length / --segment_schedule")
         epochs.append({"epoch": epoch, "seconds": geometry.seconds(tokens), "tokens": tokens,
                        "batch": batch, "steps": sampler.batches_in_epoch(batch), "phase": phase_of(cfg, epoch)})
-    if val_cache is not None:
-        val_tokens = val_geometry.tokens_for_seconds(cfg.val_segment_length)
-        if val_tokens > int(val_coarse.max()):
-            raise PreflightError(f"--val_segment_length {cfg.val_segment_length:g} s is longer than every "
-                                 f"val utterance (longest {val_geometry.seconds(int(val_coarse.max())):.2f} s); "
-                                 "lower it")
+    # val utterances shorter than --val_segment_length are validated whole, padded and masked
     return RunPlan(base_config, pretrained_config, resume_path, resume_state, train_cache, train_coarse,
                    val_cache, val_coarse, geometry, val_geometry, epochs)
 

@@ -57,7 +57,7 @@ class TrainState:
             "time": time.time(),
         }
 
-    def load_state_dict(self, ckpt: dict, cfg: TrainConfig, plan, dist_info: DistInfo, unfreeze_steps: int,
+    def load_state_dict(self, ckpt: dict, cfg: TrainConfig, plan, dist_info: DistInfo,
                         warn: Callable[[str], None]) -> None:
         """Restore from a checkpoint dict (older checkpoints without the bad-step or per-rank RNG
         keys load too). With another world size the data position is re-sharded and the RNG
@@ -74,8 +74,7 @@ class TrainState:
         except ValueError as e:
             warn(f"warning: {e}; restarting epoch {ckpt['data_state']['epoch'] + 1} from its first batch")
             self.sampler.start_epoch(int(ckpt["data_state"]["epoch"]))
-        self.scheduler = restore_optimizer(self.optimizer, ckpt, cfg, plan, self.sampler, unfreeze_steps,
-                                           same_world=ckpt.get("world_size", 1) == dist_info.world_size)
+        self.scheduler = restore_optimizer(self.optimizer, ckpt, cfg, plan, self.sampler)
         self.scaler.load_state_dict(ckpt["scaler"])
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         if len(per_rank) == dist_info.world_size:

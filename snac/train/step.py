@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Callable
 
 import torch
 from torch import nn
 
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, ignore_stop_signals_in_worker
 from .losses import reconstruction_loss
 from .windows import WindowDataset, WindowSampler, batched, collate_windows, validation_items
 
@@ -44,7 +43,7 @@ def make_loaders(cfg: TrainConfig, plan, sampler: WindowSampler, dist_info: Dist
                  device: torch.device):
     """(train loader driven by ``sampler``, val loader over this rank's fixed val windows or None)."""
     common = dict(collate_fn=collate_windows, pin_memory=device.type == "cuda",
-                  worker_init_fn=_ignore_sigint_in_worker if cfg.num_workers else None,
+                  worker_init_fn=ignore_stop_signals_in_worker if cfg.num_workers else None,
                   generator=torch.Generator())  # never touches the global RNG (exact resume)
     loader = torch.utils.data.DataLoader(WindowDataset(plan.train_cache, plan.geometry), batch_sampler=sampler,
                                          num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
@@ -58,11 +57,6 @@ def make_loaders(cfg: TrainConfig, plan, sampler: WindowSampler, dist_info: Dist
                                              batch_sampler=batched(items, cfg.batch_size),
                                              num_workers=min(cfg.num_workers, 2), **common)
     return loader, val_loader
-
-
-def _ignore_sigint_in_worker(_: int) -> None:
-    # Ctrl-C reaches the whole process group; workers must not die before the main process saves
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

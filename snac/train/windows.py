@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..audio import resample
+from ..audio import resample, resampled_length, source_span
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -127,20 +127,35 @@ class WindowDataset(torch.utils.data.Dataset):
             if len(c) < length:
                 c = np.concatenate([c, np.zeros(length - len(c), dtype=np.int64)])
             codes.append(c)
-        # audio in the cache's rate, then (if the model decodes at another rate) resampled
-        p_audio, p_out = g.audio_samples_per_token, g.output_samples_per_token
-        a_start, a_len = k * p_audio, n * p_audio
-        audio = np.asarray(self.cache.audio(row, a_start, a_len), dtype=np.float32)[:a_len]
+        # audio samples [k * P_out, (k + n) * P_out) at the output rate
+        p_out = g.output_samples_per_token
+        out_start, out_len = k * p_out, n * p_out
+        audio = self._output_audio(row, out_start, out_len)
         # real audio ends at the row's last sample and at the end of its codes, whichever is first
-        codes_end = int(self.cache.num_coarse[row]) * p_audio
-        valid = max(0, min(len(audio), int(self.cache.num_samples[row]) - a_start, codes_end - a_start))
-        audio = np.concatenate([audio[:valid], np.zeros(a_len - valid, dtype=np.float32)])
-        if g.audio_sample_rate != g.output_sample_rate:
-            audio = resample(audio, g.audio_sample_rate, g.output_sample_rate)[:n * p_out]
-            valid = valid * g.output_sample_rate // g.audio_sample_rate
+        row_end = resampled_length(int(self.cache.num_samples[row]), g.audio_sample_rate, g.output_sample_rate)
+        codes_end = int(self.cache.num_coarse[row]) * p_out
+        valid = max(0, min(len(audio), row_end - out_start, codes_end - out_start))
+        audio = np.concatenate([audio[:valid], np.zeros(out_len - valid, dtype=np.float32)])
         mask = np.zeros(n * p_out, dtype=np.float32)
         mask[:valid] = 1.0
         return {"codes": codes, "audio": audio, "mask": mask, "row": row, "start": k}
+
+
+    def _output_audio(self, row: int, start: int, frames: int) -> np.ndarray:
+        """(<= frames,) float32: samples [start, start + frames) of the row at the output rate.
+
+        At another cache rate the window is read with the resampling filter's reach as a margin on
+        each side (``source_span``), resampled and cut, so it equals the same slice of the whole
+        row resampled; resampling the bare window would get its edges wrong."""
+        g = self.geometry
+        if g.audio_sample_rate == g.output_sample_rate:
+            return np.asarray(self.cache.audio(row, start, frames), dtype=np.float32)[:frames]
+        src_start, src_end, skip = source_span(start, start + frames, g.audio_sample_rate, g.output_sample_rate,
+                                               int(self.cache.num_samples[row]))
+        if src_end <= src_start:
+            return np.zeros(0, dtype=np.float32)
+        src = np.asarray(self.cache.audio(row, src_start, src_end - src_start), dtype=np.float32)
+        return resample(src, g.audio_sample_rate, g.output_sample_rate)[skip:skip + frames]
 
 
 def collate_windows(items: Sequence[dict]) -> dict:
