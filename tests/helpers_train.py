@@ -18,7 +18,7 @@ import torch
 from snac import SNAC
 from snac.audio import encode_flac, resample
 from snac.cache.encode import LoadedItem
-from snac.cache.format import model_settings, shard_schema, write_manifest
+from snac.cache.format import model_settings, shard_schema, weights_fingerprint, write_manifest
 from snac.cache.writer import ShardWriter
 
 from helpers_cache import encode_single
@@ -59,7 +59,8 @@ def write_cache(cache_dir: Path, model: SNAC, durations: list[float], target_sam
     cache_dir.mkdir(parents=True, exist_ok=True)
     audio_root = cache_dir.parent / f"{cache_dir.name}_audio"
     audio_root.mkdir(exist_ok=True)
-    settings = model_settings(model_id, model.config, target_sample_rate, embed_audio, str(audio_root))
+    settings = model_settings(model_id, model.config, target_sample_rate, embed_audio, str(audio_root),
+                              weights_fingerprint(model))
     writer = ShardWriter(cache_dir, 0, shard_schema(len(model.vq_strides), model.config["codebook_size"],
                                                     embed_audio), shard_rows=10_000)
     for i, seconds in enumerate(durations):

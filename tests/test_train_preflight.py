@@ -129,3 +129,23 @@ def test_resuming_a_checkpoint_at_another_rate_is_refused(data, tmp_path, capsys
     err = one_error_line(capsys, base_args(tmp_path, data["model"], data["train"], data["val"], out,
                                            resume="auto", target_sample_rate=24000))
     assert "decodes at 48000 Hz but --target_sample_rate is 24000" in err
+
+
+def test_a_cache_made_with_other_weights_is_refused_before_any_work(data, tmp_path, capsys, monkeypatch):
+    from helpers_train import save_tiny_model
+    other = save_tiny_model(tmp_path / "other", seed=7)  # same config, other weights
+    monkeypatch.setattr(loop, "build_model", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("model work started before the cache's weights were checked")))
+    err = one_error_line(capsys, base_args(tmp_path, other, data["train"], data["val"], tmp_path / "run"))
+    assert "--train_codes" in err and "other weights" in err and "--overwrite" in err
+    assert not (tmp_path / "run" / "latest.pt").exists()
+
+
+def test_checkpoints_record_the_base_weights_fingerprint(data, tmp_path):
+    import torch
+    from helpers_train import train_in_process
+    from snac.cache.format import weights_fingerprint
+    from snac import SNAC
+    assert train_in_process(data, tmp_path / "run", max_steps=1) == 0
+    ckpt = torch.load(tmp_path / "run" / "latest.pt", map_location="cpu", weights_only=False)
+    assert ckpt["base_weights_fingerprint"] == weights_fingerprint(SNAC.from_pretrained(data["model"]))

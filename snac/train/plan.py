@@ -14,6 +14,7 @@ import numpy as np
 from torch import nn
 
 from .. import SNAC, SNAC48, load_model
+from ..cache.format import validate_target_sample_rate, weights_fingerprint
 from ..hub import resolve_pretrained
 from .checkpoint import find_latest_checkpoint, load_checkpoint
 from .config import TrainConfig, epoch_plan
@@ -115,6 +116,8 @@ class RunPlan:
     geometry: WindowGeometry
     val_geometry: WindowGeometry | None
     epochs: list[dict] = field(default_factory=list)  # per epoch: seconds, tokens, batch, steps, phase
+    base_model: Any = None  # the --pretrained_model SNAC, loaded once by pre-flight (fresh runs only)
+    base_fingerprint: str | None = None  # weights_fingerprint of the base (recorded in checkpoints)
 
 
 def phase_of(cfg: TrainConfig, epoch: int) -> str:
@@ -159,11 +162,10 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
                                  f"--target_sample_rate is {cfg.target_sample_rate}; match them or use "
                                  "a new --output_dir")
         base_config = ckpt_base
-    base_rate = base_config["sampling_rate"]
-    if cfg.target_sample_rate != base_rate and (cfg.target_sample_rate % base_rate
-                                                or cfg.target_sample_rate < 2 * base_rate):
-        raise PreflightError(f"--target_sample_rate {cfg.target_sample_rate} must equal the base rate "
-                             f"{base_rate} or be a multiple of it (>= 2x)")
+    try:  # the cache applies the same rule, with the same message, at cache time
+        validate_target_sample_rate(cfg.target_sample_rate, base_config["sampling_rate"])
+    except ValueError as e:
+        raise PreflightError(str(e)) from e
     if pretrained_config is not None and pretrained_config["target_sample_rate"] != cfg.target_sample_rate:
         raise PreflightError(f"--pretrained_model decodes at {pretrained_config['target_sample_rate']} Hz, "
                              f"not --target_sample_rate {cfg.target_sample_rate}")
@@ -177,6 +179,15 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
             base_config, val_cache.target_sample_rate, cfg.target_sample_rate)
     except ValueError as e:
         raise PreflightError(str(e)) from e
+    # ---- the caches' codes must come from the weights the decoder is trained on
+    base_model, fingerprint = None, None
+    if resume_state is not None:
+        fingerprint = resume_state.get("base_weights_fingerprint")  # absent in older checkpoints
+    elif pretrained_config is None:  # a plain SNAC: load it once here (build_model reuses it)
+        base_model = load_model(cfg.pretrained_model)
+        fingerprint = weights_fingerprint(base_model)
+    check_cache_weights([(f, c) for f, c in (("--train_codes", train_cache), ("--val_codes", val_cache))
+                         if c is not None], fingerprint, cfg.pretrained_model)
     # ---- curriculum: window length, batch, steps and phase of every epoch
     if len(train_coarse) < dist_info.world_size:
         raise PreflightError(f"--train_codes has {len(train_coarse)} rows, fewer than the "
@@ -195,7 +206,20 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
                        "batch": batch, "steps": sampler.batches_in_epoch(batch), "phase": phase_of(cfg, epoch)})
     # val utterances shorter than --val_segment_length are validated whole, padded and masked
     return RunPlan(base_config, pretrained_config, resume_path, resume_state, train_cache, train_coarse,
-                   val_cache, val_coarse, geometry, val_geometry, epochs)
+                   val_cache, val_coarse, geometry, val_geometry, epochs, base_model, fingerprint)
+
+
+def check_cache_weights(caches: list[tuple[str, Any]], fingerprint: str | None, model: str) -> None:
+    """Refuse a cache whose recorded weights fingerprint differs from the base model's (same
+    config, other weights: codes the decoder was never meant to read). Caches or checkpoints from
+    before fingerprints were recorded are not checked."""
+    for flag, cache in caches:
+        recorded = cache.manifest.get("weights_fingerprint")
+        if fingerprint and recorded and recorded != fingerprint:
+            raise PreflightError(f"{flag} {cache.cache_dir} was made with other weights than "
+                                 f"--pretrained_model {model} (fingerprint {recorded[:16]}... in the cache vs "
+                                 f"{fingerprint[:16]}...); train with the model that made the cache or re-make "
+                                 "it with cache_codes_multigpu.py --pretrained_model <this model> --overwrite")
 
 
 def build_model(cfg: TrainConfig, plan: RunPlan) -> nn.Module:
@@ -204,7 +228,7 @@ def build_model(cfg: TrainConfig, plan: RunPlan) -> nn.Module:
     if plan.resume_state is not None:
         model_config = plan.resume_state["model_config"]
         return SNAC48.from_config_dict(model_config) if "base" in model_config else SNAC(**model_config)
-    loaded = load_model(cfg.pretrained_model)
+    loaded = plan.base_model if plan.base_model is not None else load_model(cfg.pretrained_model)
     if isinstance(loaded, SNAC48) or cfg.target_sample_rate == plan.base_config["sampling_rate"]:
         return loaded  # continue fine-tuning a 48 kHz model, or the stock decoder at its own rate
     return SNAC48.from_snac(loaded, cfg.target_sample_rate)

@@ -44,7 +44,8 @@ class TrainState:
         rngs = gather_objects(rng_state())
         return {
             "model": self.model.state_dict(), "model_config": self.model.config,
-            "base_model_config": plan.base_config, "config": cfg.to_dict(),
+            "base_model_config": plan.base_config, "base_weights_fingerprint": plan.base_fingerprint,
+            "config": cfg.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "scaler": self.scaler.state_dict(), "epoch": epoch_info["epoch"], "iteration": self.iteration,
