@@ -11,7 +11,8 @@ The run directory gets config.json, training.log, metrics.jsonl, status.json, Te
 and checkpoints (checkpoint_iter{N}.pt, checkpoint_epoch{E}.pt, latest.pt, best_model.pt).
 SIGTERM / SIGINT finish the current step, save latest.pt and exit 0; a second signal exits at once.
 This file is the entry point (flags, pre-flight, run directory, exit status); the loop and its
-parts live in snac/train/ (plan.py, loop.py, state.py, step.py, phases.py, log.py).
+parts live in snac/train/ (plan.py, loop.py, state.py, step.py, phases.py, log.py; adversarial.py
+for --adversarial, the discriminators' side of the adversarial recipe).
 """
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers_train import one_thread  # noqa: F401
-from snac.losses import stft_loss
+from snac.train.losses import stft_loss
 from snac.train.discriminators import BANDS, Discriminator
 from snac.train.gan_losses import (discriminator_loss, feature_matching_loss,
                                    generator_adversarial_loss, mel_loss)
