@@ -7,7 +7,9 @@ One iteration with ``--adversarial`` (DAC's order, but for the optimizer steps, 
    (DDP-wrapped) discriminators, LSGAN loss, backward, clip, grad norm; the optimizer step waits
    for the step's agreement (the non-finite guard covers both networks);
 3. generator losses: reconstruction (L1 + STFT), mel, and the adversarial and feature-matching
-   terms of the discriminators; backward; clip; grad norm.
+   terms of the discriminators (the generated audio alone goes through them again, now with
+   gradients to the generator; the real features are step 2's, the weights being the same);
+   backward; clip; grad norm.
 
 Then, once all ranks agreed the step is finite (one host sync for both networks), both optimizers
 step. So the generator is judged by the discriminators as they were *before* this step's update
@@ -100,8 +102,12 @@ class Adversary:
         # ---- discriminators: real and generated in one forward (one DDP reduction per step)
         with autocast():
             both = self.step_module(torch.cat([audio, pred.detach().to(audio.dtype)]), torch.cat([mask, mask]))
-        real = [(logits[: len(audio)], []) for logits, _ in both]
-        fake = [(logits[len(audio):], []) for logits, _ in both]
+        n = len(audio)
+        real = [(logits[:n], []) for logits, _ in both]
+        fake = [(logits[n:], []) for logits, _ in both]
+        # the real features of the feature-matching term: the weights do not change before the
+        # generator's pass (both optimizers step after it), so this forward's values are those
+        real_maps = [(None, [f[:n].detach() for f in feats]) for _, feats in both]
         disc = {k: v.mean() for k, v in discriminator_loss(real, fake, mask).items()}
         disc["disc/loss"].backward()
         disc_norm = clip_and_norm(self.params, cfg.grad_clip)
@@ -109,7 +115,7 @@ class Adversary:
         metrics["disc/grad_norm"] = disc_norm.detach()
         finite = torch.isfinite(disc["disc/loss"]) & torch.isfinite(disc_norm)
 
-        # ---- generator: judged by the discriminators (their weights frozen for this pass)
+        # ---- generator: generated audio alone through the discriminators (weights frozen for this pass)
         if waits:
             losses = reconstruction_loss(pred.detach(), audio, mask, cfg.n_ffts, cfg.l1_weight, cfg.stft_weight)
             metrics.update({k: v.detach() for k, v in losses.items()})
@@ -121,14 +127,12 @@ class Adversary:
             p.requires_grad_(False)
         try:
             with autocast():
-                judged = self.module(torch.cat([audio, pred.to(audio.dtype)]), torch.cat([mask, mask]))
+                fake = self.module(pred.to(audio.dtype), mask)
         finally:
             for p in self.params:
                 p.requires_grad_(True)
-        real = [(logits[: len(audio)], [f[: len(audio)] for f in feats]) for logits, feats in judged]
-        fake = [(logits[len(audio):], [f[len(audio):] for f in feats]) for logits, feats in judged]
         losses["loss/adv"] = generator_adversarial_loss(fake, mask).mean()
-        losses["loss/feat"] = feature_matching_loss(real, fake, mask).mean()
+        losses["loss/feat"] = feature_matching_loss(real_maps, fake, mask).mean()
         losses["loss/total"] = (losses["loss/total"] + cfg.mel_weight * losses["loss/mel"]
                                 + cfg.adv_weight * losses["loss/adv"] + cfg.feat_weight * losses["loss/feat"])
         losses["loss/total"].backward()
