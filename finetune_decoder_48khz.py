@@ -12,7 +12,8 @@ and checkpoints (checkpoint_iter{N}.pt, checkpoint_epoch{E}.pt, latest.pt, best_
 SIGTERM / SIGINT finish the current step, save latest.pt and exit 0 (signals arriving within 1 s are
 one request); a later, separate signal exits at once.
 This file is the entry point (flags, pre-flight, run directory, exit status); the loop and its
-parts live in snac/train/ (plan.py, loop.py, state.py, step.py, phases.py, log.py).
+parts live in snac/train/ (plan.py, loop.py, state.py, step.py, phases.py, log.py; adversarial.py
+for --adversarial, the discriminators' side of the adversarial recipe).
 """
 
 

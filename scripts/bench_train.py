@@ -9,7 +9,10 @@ Prints (a) DataLoader time per batch vs train-step time (goal: loader <= 0.1x st
 trainer step (finetune_decoder_48khz.py's loop, measured from its own metrics) vs a bare
 forward/backward/optimizer step on the same batch (goal: <= 5% overhead), (c) samples/s and audio
 seconds per second, (d) on CUDA only: bf16 autocast vs fp32 step time and peak memory per batch
-size; with --compile, torch.compile vs eager. Without --cache a synthetic cache (random codes,
+size; with --compile, torch.compile vs eager; (e) with --adversarial: the adversarial step
+(discriminators + mel + adversarial and feature losses, both optimizers) against the plain step on
+the same batch, time and peak memory as ratios (peak memory: CUDA allocator peak; on CPU the
+process's RSS high-water mark, which only grows). Without --cache a synthetic cache (random codes,
 generated audio as FLAC files) is written to a temporary directory.
 """
 
@@ -37,6 +40,7 @@ from snac.cache.encode import LoadedItem  # noqa: E402
 from snac.cache.format import model_settings, shard_schema, write_manifest  # noqa: E402
 from snac.cache.writer import ShardWriter  # noqa: E402
 from snac.presets import SNAC_24KHZ, TINY_24KHZ  # noqa: E402
+from snac.train.adversarial import Adversary  # noqa: E402
 from snac.train.losses import reconstruction_loss  # noqa: E402
 from snac.train.config import TrainConfig, resolve_config  # noqa: E402
 from snac.train.distributed import DistInfo  # noqa: E402
@@ -108,6 +112,61 @@ def bare_steps(model, batch, cfg: TrainConfig, device, precision: str, steps: in
     return statistics.median(times)
 
 
+def adversarial_steps(model, batch, cfg: TrainConfig, device, precision: str, steps: int) -> float:
+    """Seconds per bare adversarial step (discriminator + generator, both AdamW steps) on one batch."""
+    set_phase(model, "unfreeze")
+    adversary = Adversary(cfg, DistInfo(), device)
+    adversary.disc_steps = cfg.disc_start_step  # the full step: the generator trains too
+    step_model = DecodeOnly(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-6)
+    b = {"codes": [c.to(device) for c in batch["codes"]], "audio": batch["audio"].to(device),
+         "mask": batch["mask"].to(device)}
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    times = []
+    for i in range(steps + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        adversary.train_step(step_model, b, cfg, params, autocast)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        adversary.apply_update(False)
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(device: torch.device) -> float:
+    """GiB: the CUDA allocator's peak since the last reset, or on CPU the process's RSS high-water mark."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def bench_adversarial(model, batch, cfg: TrainConfig, device, precisions: list[str], steps: int) -> None:
+    """(e) adversarial vs plain step on the same batch, per precision: time and peak memory ratios."""
+    print("\n| precision | plain ms/step | adversarial ms/step | time ratio | plain peak GiB | adversarial peak GiB "
+          "| memory ratio |\n|---|---|---|---|---|---|---|")
+    for prec in precisions:
+        row = []
+        for fn in (lambda: bare_steps(model, batch, cfg, device, prec, steps, False),
+                   lambda: adversarial_steps(model, batch, cfg, device, prec, steps)):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            row.append((fn(), peak_memory(device)))
+        (plain_s, plain_m), (adv_s, adv_m) = row
+        print(f"| {prec} | {plain_s * 1e3:.1f} | {adv_s * 1e3:.1f} | {adv_s / plain_s:.2f}x | {plain_m:.2f} | "
+              f"{adv_m:.2f} | {adv_m / plain_m:.2f}x |")
+    print(f"(discriminators: {Adversary(cfg, DistInfo(), torch.device('cpu')).describe()})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", choices=list(ARCHS), default=None,
@@ -123,6 +182,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--memory_batch_sizes", default="8,16,32", help="CUDA only: batch sizes for peak memory")
     p.add_argument("--compile", action="store_true", help="also time torch.compile against eager")
+    p.add_argument("--adversarial", action="store_true",
+                   help="(e) time the adversarial step against the plain one (fp32, and bf16 on CUDA)")
+    p.add_argument("--mpd_channels", default=None, help="--adversarial: period discriminator channels "
+                                                         "(default: the trainer's, HiFi-GAN's)")
+    p.add_argument("--mrd_channels", type=int, default=None, help="--adversarial: band stack channels")
     args = p.parse_args()
     trainer = load_trainer()
     device = torch.device("cpu" if args.device == "cpu" else f"cuda:{args.device}")
@@ -194,6 +258,12 @@ def main() -> None:
     print(f"| (c) audio seconds per second (trainer) | {last['audio_s_per_s']:.1f} |")
 
     # ---- (d) CUDA: precision and memory; compile
+    if args.adversarial:
+        disc = (["--mpd_channels", args.mpd_channels] if args.mpd_channels else []) + \
+               (["--mrd_channels", str(args.mrd_channels)] if args.mrd_channels else [])
+        adv_cfg = resolve_config(flags + ["--output_dir", str(tmp / "probe"), "--adversarial"] + disc)
+        bench_adversarial(model, first, adv_cfg, device, ["fp32", "bf16"] if device.type == "cuda" else ["fp32"],
+                          args.steps)
     if args.compile:
         compiled_s = bare_steps(model, first, cfg, device, precision, args.steps, compile_model=True)
         print(f"| torch.compile bare step | {compiled_s * 1e3:.1f} ms ({bare_s / compiled_s:.2f}x eager) |")

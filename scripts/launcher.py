@@ -282,8 +282,18 @@ def describe(run_dir: Path, logs_root: Path, plot: bool) -> list[str]:
                   f"{s.get('iteration') or 0}/{s.get('total_iterations') or '-'}, phase {s.get('phase') or '-'}",
                   f"loss         train {num(s.get('train_loss'))} | val last {num(s.get('val_loss'))}, "
                   f"best {num(s.get('best_val_loss'))}",
+                  f"grad norm    generator {num(s.get('grad_norm'), '.3g')}"
+                  + (f", discriminators {num(s.get('disc_grad_norm'), '.3g')}" if s.get("disc_grad_norm") is not None
+                     else ""),
                   f"speed        {num(s.get('samples_per_s'), '.1f')} samples/s, ETA "
                   f"{age(s.get('eta_s')) if alive and s.get('eta_s') is not None else '-'}"]
+        terms = [(name, s.get(key)) for name, key in (("mel", "loss_mel"), ("adv", "loss_adv"),
+                                                       ("feat", "loss_feat"), ("val mel", "val_mel"))]
+        if any(v is not None for _, v in terms):
+            lines.append("terms        " + ", ".join(f"{name} {num(v)}" for name, v in terms if v is not None))
+        if s.get("disc_loss") is not None:
+            lines.append(f"disc         loss {num(s.get('disc_loss'))} (real {num(s.get('disc_real'))}, "
+                         f"fake {num(s.get('disc_fake'))})")
     ckpts = sorted(run_dir.glob(CHECKPOINT_GLOB), key=lambda p: p.stat().st_mtime)
     if ckpts:
         newest = ckpts[-1]

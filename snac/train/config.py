@@ -65,6 +65,23 @@ class TrainConfig:
     n_ffts: list = _opt([1024, 2048, 4096, 8192], "FFT sizes of the multi-scale STFT loss (comma list)")
     grad_clip: float = _opt(0.0, "clip the gradient norm to this (0 = no clipping; the norm is logged)")
     max_bad_steps: int = _opt(20, "exit non-zero after this many non-finite steps in a row")
+    mel_weight: float | None = _opt(None, "weight of DAC's multi-scale mel loss (default: 15 with "
+                                          "--adversarial, else 0 = off; usable without --adversarial)")
+    # ---- adversarial recipe (snac/train/adversarial.py); all ignored unless --adversarial ----
+    adversarial: bool = _opt(False, "train against discriminators (multi-period + multi-band STFT) with "
+                                    "LSGAN, feature-matching and mel losses (DAC's recipe)")
+    adversarial_warmup: bool = _opt(False, "the warmup (head-only) epochs are adversarial too (default: the "
+                                           "discriminators start with the unfreeze phase)")
+    disc_start_step: int = _opt(0, "the first N adversarial iterations train the discriminators alone (the "
+                                   "generator waits) so fresh discriminators catch up with the decoder")
+    adv_weight: float = _opt(1.0, "weight of the generator's LSGAN adversarial loss")
+    feat_weight: float = _opt(2.0, "weight of the feature-matching loss")
+    disc_learning_rate: float = _opt(1e-4, "constant lr of the discriminators' AdamW (betas 0.8, 0.99)")
+    multi_period: bool = _opt(True, "use the multi-period discriminator (periods 2, 3, 5, 7, 11)")
+    multi_band: bool = _opt(True, "use the multi-band complex-STFT discriminator (FFT 2048, 1024, 512)")
+    mpd_channels: list = _opt([32, 128, 512, 1024, 1024], "channels of the period discriminator's convs "
+                                                          "(comma list; smaller for smoke tests)")
+    mrd_channels: int = _opt(32, "channels of each band stack of the multi-band discriminator")
     # ---- checkpoints, validation, logs ----
     output_dir: str = _opt("runs/finetune_48khz", "run directory: logs, metrics, checkpoints")
     resume: str | None = _opt(None, "checkpoint path, or 'auto' = newest valid one in --output_dir "
@@ -78,6 +95,10 @@ class TrainConfig:
     log_every: int = _opt(50, "iterations per log line / metrics row / status update")
 
     # -------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.mel_weight is None:  # the sentinel: DAC's weight in the adversarial recipe, else off
+            self.mel_weight = 15.0 if self.adversarial else 0.0
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -92,13 +113,16 @@ class TrainConfig:
 FIELD_NAMES = [f.name for f in fields(TrainConfig)]
 
 
-def _parse_n_ffts(value: Any) -> list[int]:
+INT_LISTS = ("n_ffts", "mpd_channels")  # comma lists on the command line, JSON lists in a file
+
+
+def _parse_int_list(name: str, value: Any) -> list[int]:
     if isinstance(value, str):
         value = [v for v in value.replace(" ", "").split(",") if v]
     try:
         return [int(v) for v in value]
     except (TypeError, ValueError):
-        raise ConfigError(f"--n_ffts must be a comma list of integers such as 1024,2048, got {value!r}")
+        raise ConfigError(f"--{name} must be a comma list of integers such as 1024,2048, got {value!r}")
 
 
 def _parse_schedule(value: Any) -> list | None:
@@ -116,7 +140,7 @@ def _parse_schedule(value: Any) -> list | None:
 def _flag_type(f) -> Any:
     """argparse type of a field (the JSON path gets the same conversion through ``_coerce``)."""
     name = f.name
-    if name == "n_ffts":
+    if name in INT_LISTS:
         return str
     if name == "segment_schedule":
         return str
@@ -158,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _coerce(name: str, value: Any) -> Any:
     """Convert a JSON or flag value to the field's type; one-line error on mismatch."""
-    if name == "n_ffts":
-        return _parse_n_ffts(value)
+    if name in INT_LISTS:
+        return _parse_int_list(name, value)
     if name == "segment_schedule":
         return _parse_schedule(value)
     f = next(f for f in fields(TrainConfig) if f.name == name)
@@ -237,6 +261,17 @@ def validate(cfg: TrainConfig) -> None:
          f"--l1_weight ({cfg.l1_weight}) and --stft_weight ({cfg.stft_weight}) must be >= 0 and not both 0")
     need(len(cfg.n_ffts) > 0 and all(n >= 8 for n in cfg.n_ffts),
          f"--n_ffts must list FFT sizes >= 8, got {cfg.n_ffts}")
+    for name in ("mel_weight", "adv_weight", "feat_weight"):
+        value = getattr(cfg, name)
+        need(math.isfinite(value) and value >= 0, f"--{name} must be >= 0, got {value}")
+    need(math.isfinite(cfg.disc_learning_rate) and cfg.disc_learning_rate > 0,
+         f"--disc_learning_rate must be a positive number, got {cfg.disc_learning_rate}")
+    need(cfg.disc_start_step >= 0, f"--disc_start_step must be >= 0 (0 = adversarial from the first step), "
+                                   f"got {cfg.disc_start_step}")
+    need(not cfg.adversarial or cfg.multi_period or cfg.multi_band,
+         "--adversarial needs a discriminator: drop --no-multi_period or --no-multi_band")
+    need(len(cfg.mpd_channels) >= 1 and all(c >= 1 for c in cfg.mpd_channels) and cfg.mrd_channels >= 1,
+         f"--mpd_channels ({cfg.mpd_channels}) and --mrd_channels ({cfg.mrd_channels}) must be positive")
     need(cfg.grad_clip >= 0, f"--grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
     need(cfg.max_bad_steps >= 1, f"--max_bad_steps must be >= 1, got {cfg.max_bad_steps}")
     need(cfg.checkpoint_every >= 0, f"--checkpoint_every must be >= 0 (0 = off), got {cfg.checkpoint_every}")

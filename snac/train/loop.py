@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from .adversarial import Adversary
 from .checkpoint import link_atomic, load_checkpoint, maybe_fault, rotate_checkpoints, save_checkpoint
 from .config import TrainConfig, stages_beyond
 from .distributed import DistInfo, StopFlag, agree_any
@@ -31,7 +32,13 @@ VALIDATION_KEYS = ("val_codes", "val_segment_length", "n_ffts", "l1_weight", "st
 # options that change the training trajectory: a resume that changed them says so in the log
 TRAJECTORY_KEYS = {"seed", "batch_size", "epochs", "warmup_epochs", "learning_rate", "warmup_learning_rate",
                    "segment_length", "segment_schedule", "l1_weight", "stft_weight", "n_ffts", "limit",
-                   "onecycle_pct_start", "weight_decay", "grad_clip", "train_codes", "precision"}
+                   "onecycle_pct_start", "weight_decay", "grad_clip", "train_codes", "precision",
+                   "mel_weight", "adversarial", "adversarial_warmup", "disc_start_step", "adv_weight",
+                   "feat_weight", "disc_learning_rate", "multi_period", "multi_band", "mpd_channels",
+                   "mrd_channels"}
+# scalars of the adversarial recipe (or of --mel_weight) shown in the log line when a step has them
+EXTRA_TERMS = (("loss/mel", "mel"), ("loss/adv", "adv"), ("loss/feat", "feat"))
+DISC_TERMS = (("disc/loss", "loss"), ("disc/real", "real"), ("disc/fake", "fake"))
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,12 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
     # ---- model, optimizer, data
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg, plan).to(device).train()
+    adversary = Adversary(cfg, dist_info, device) if cfg.adversarial else None  # drawn from the same seed
     sampler = WindowSampler(plan.train_coarse, cfg.seed, dist_info.rank, dist_info.world_size)
     loader, val_loader = make_loaders(cfg, plan, sampler, dist_info, device)
     state = TrainState(model, make_optimizer(model, cfg),
                        torch.amp.GradScaler(device.type, enabled=False),  # bf16/fp32 need no loss scaling
-                       sampler)
+                       sampler, adversary=adversary)
     run = Run(cfg, plan, dist_info, device, autocast, log, clock, val_loader,
               unfreeze_steps=sum(e["steps"] for e in plan.epochs if e["phase"] == "unfreeze"))
 
@@ -106,10 +114,15 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
                      f"{dist_info.world_size}, {state.sampler.batches_left()} of {epoch_info['steps']} steps left")
         for batch in (loader if not epoch_done else []):
             # ---- one step; all ranks agree on skipping it and on stopping/saving after it
-            metrics, finite = train_step(step_model, to_device(batch, device), cfg, params, autocast)
+            if adversary is not None and adversary.active(state.phase):
+                metrics, finite = adversary.train_step(step_model, to_device(batch, device), cfg, params, autocast)
+            else:
+                metrics, finite = train_step(step_model, to_device(batch, device), cfg, params, autocast)
             bad, stop_now, timer_due = agree_on_step(run, book, stop, finite)
             lr = state.optimizer.param_groups[0]["lr"]  # the lr this step uses
             apply_update(state, bad)
+            if adversary is not None and "disc/loss" in metrics:
+                adversary.apply_update(bad)
             state.iteration += 1
             maybe_fault("step", state.iteration)
             epoch_done = state.sampler.advance()
@@ -224,13 +237,19 @@ def log_step(run: Run, state: TrainState, meter: Throughput, metrics: dict, lr: 
     row = {"type": "train", "iteration": it, "epoch": epoch, "phase": state.phase, **metrics, "lr": lr,
            "samples_per_s": pace["samples_per_s"], "audio_s_per_s": pace["audio_s_per_s"],
            "step_s": pace["step_s"], "eta_s": pace["eta_s"], "bad_steps": state.bad_total, "time": time.time()}
+    extra = "".join(f" {short} {metrics[k]:.4f}" for k, short in EXTRA_TERMS if k in metrics)
+    disc = ("| disc" + "".join(f" {short} {metrics[k]:.4f}" for k, short in DISC_TERMS)
+            + f" grad {metrics['disc/grad_norm']:.3g} " if "disc/loss" in metrics else "")
     run.log.line(f"it {it}/{total} ep {epoch}/{cfg.epochs} {state.phase} | loss {metrics['loss/total']:.4f} "
-                 f"l1 {metrics['loss/l1']:.4f} stft {metrics['loss/stft']:.4f} | grad {metrics['grad_norm']:.3g} "
-                 f"| lr {lr:.3g} | {row['samples_per_s']:.1f} samples/s {row['audio_s_per_s']:.1f} audio-s/s "
+                 f"l1 {metrics['loss/l1']:.4f} stft {metrics['loss/stft']:.4f}{extra} | grad {metrics['grad_norm']:.3g} "
+                 f"{disc}| lr {lr:.3g} | {row['samples_per_s']:.1f} samples/s {row['audio_s_per_s']:.1f} audio-s/s "
                  f"| {row['step_s'] * 1000:.0f} ms/step | eta {format_duration(row['eta_s'])}")
     run.log.metrics(row)
     run.log.update_status(state="running", epoch=epoch, iteration=it, phase=state.phase,
-                          train_loss=metrics["loss/total"], samples_per_s=row["samples_per_s"], eta_s=row["eta_s"])
+                          train_loss=metrics["loss/total"], samples_per_s=row["samples_per_s"], eta_s=row["eta_s"],
+                          grad_norm=metrics["grad_norm"],
+                          **{k.replace("/", "_"): metrics.get(k) for k, _ in EXTRA_TERMS + DISC_TERMS},
+                          disc_grad_norm=metrics.get("disc/grad_norm"))
 
 
 def validate(run: Run, state: TrainState, book: Bookkeeping, epoch_info: dict) -> None:
@@ -248,7 +267,7 @@ def validate(run: Run, state: TrainState, book: Bookkeeping, epoch_info: dict) -
         state.best_val = state.last_val
     best = None if math.isinf(state.best_val) else state.best_val
     run.log.line(f"val it {it} ep {epoch_info['epoch']}/{cfg.epochs} | loss {state.last_val:.4f} "
-                 f"l1 {val['loss/l1']:.4f} stft {val['loss/stft']:.4f} | {val['items']} items "
+                 f"l1 {val['loss/l1']:.4f} stft {val['loss/stft']:.4f} mel {val['loss/mel']:.4f} | {val['items']} items "
                  f"{run.clock() - t0:.1f}s | best {fmt(state.best_val)}{' (new best)' if improved else ''}")
     run.log.metrics({"type": "val", "iteration": it, "epoch": epoch_info["epoch"], "phase": state.phase,
                      **{k: v for k, v in val.items() if k.startswith("loss/")},
@@ -256,7 +275,7 @@ def validate(run: Run, state: TrainState, book: Bookkeeping, epoch_info: dict) -
                      "eta_s": None, "best_val_loss": best, "items": val["items"], "val_s": run.clock() - t0,
                      "time": time.time()})
     run.log.examples(kept, cfg.target_sample_rate, it)
-    run.log.update_status(val_loss=state.last_val, best_val_loss=best)
+    run.log.update_status(val_loss=state.last_val, best_val_loss=best, val_mel=val["loss/mel"])
     if improved:  # latest.pt too: a stop right after this save must still leave it current
         save(run, state, book, epoch_info, ["best_model.pt", "latest.pt"])
 
@@ -320,3 +339,6 @@ def log_model(run: Run, state: TrainState) -> None:
     cut = stages_beyond(cfg.segment_schedule, cfg.epochs)
     if cut:
         run.log.line(f"segment_schedule cut at --epochs {cfg.epochs}: not run {'; '.join(cut)}")
+    if state.adversary is not None:
+        run.log.line(f"adversarial recipe ({'warmup and unfreeze' if cfg.adversarial_warmup else 'unfreeze'} "
+                     f"phase): {state.adversary.describe()}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-5  # magnitude floor: log(|S| + EPS) stays finite on silence
+from snac.train.gan_losses import centred_frame_mask, floor_magnitudes, white_noise_magnitude
+
 # Spectral convergence divides by the target's spectral norm; on a silent or near-silent window
 # that norm is ~0 and the ratio explodes (a 1e7 loss spike was seen on a window of silence).
 # The denominator is floored at the norm of white noise at this RMS (-40 dBFS) over the window.
@@ -41,11 +42,11 @@ def stft_terms(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
     window_energy = torch.hann_window(n_fft, device=pred.device).pow(2).sum()
     floor = SC_FLOOR_RMS * (valid / (n_fft // 4) * window_energy * (n_fft // 2 + 1)).clamp_min(1.0).sqrt()
     sc = (s_t - s_p).flatten(1).norm(dim=1) / torch.maximum(s_t.flatten(1).norm(dim=1), floor)
-    frames = s_t.shape[-1]
-    centres = torch.arange(frames, device=pred.device) * (n_fft // 4)  # frame f is centred at f*hop
-    frame_mask = (centres[None, :] < valid[:, None]).float()  # (B, frames)
-    frame_mask[:, 0] = 1.0  # at least one frame per item
-    log_diff = (torch.log(s_t + EPS) - torch.log(s_p + EPS)).abs().mean(1)  # (B, frames)
+    frame_mask = centred_frame_mask(valid, s_t.shape[-1], n_fft // 4)  # (B, frames)
+    # log floor relative to the item's level (see gan_losses.floor_magnitudes)
+    silence = white_noise_magnitude(torch.hann_window(n_fft))
+    s_p, s_t = floor_magnitudes(s_p, s_t, frame_mask, silence)
+    log_diff = (torch.log(s_t) - torch.log(s_p)).abs().mean(1)  # (B, frames)
     return sc, (log_diff * frame_mask).sum(1) / frame_mask.sum(1)
 
 

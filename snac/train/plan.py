@@ -179,15 +179,6 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
             base_config, val_cache.target_sample_rate, cfg.target_sample_rate)
     except ValueError as e:
         raise PreflightError(str(e)) from e
-    # ---- the caches' codes must come from the weights the decoder is trained on
-    base_model, fingerprint = None, None
-    if resume_state is not None:
-        fingerprint = resume_state.get("base_weights_fingerprint")  # absent in older checkpoints
-    elif pretrained_config is None:  # a plain SNAC: load it once here (build_model reuses it)
-        base_model = load_model(cfg.pretrained_model)
-        fingerprint = weights_fingerprint(base_model)
-    check_cache_weights([(f, c) for f, c in (("--train_codes", train_cache), ("--val_codes", val_cache))
-                         if c is not None], fingerprint, cfg.pretrained_model)
     # ---- curriculum: window length, batch, steps and phase of every epoch
     if len(train_coarse) < dist_info.world_size:
         raise PreflightError(f"--train_codes has {len(train_coarse)} rows, fewer than the "
@@ -205,6 +196,16 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
         epochs.append({"epoch": epoch, "seconds": geometry.seconds(tokens), "tokens": tokens,
                        "batch": batch, "steps": sampler.batches_in_epoch(batch), "phase": phase_of(cfg, epoch)})
     # val utterances shorter than --val_segment_length are validated whole, padded and masked
+    # ---- the caches' codes must come from the weights the decoder is trained on (loads the
+    # base once, so after every cheaper check)
+    base_model, fingerprint = None, None
+    if resume_state is not None:
+        fingerprint = resume_state.get("base_weights_fingerprint")  # absent in older checkpoints
+    elif pretrained_config is None:  # a plain SNAC: load it once here (build_model reuses it)
+        base_model = load_model(cfg.pretrained_model)
+        fingerprint = weights_fingerprint(base_model)
+    check_cache_weights([(f, c) for f, c in (("--train_codes", train_cache), ("--val_codes", val_cache))
+                         if c is not None], fingerprint, cfg.pretrained_model)
     return RunPlan(base_config, pretrained_config, resume_path, resume_state, train_cache, train_coarse,
                    val_cache, val_coarse, geometry, val_geometry, epochs, base_model, fingerprint)
 

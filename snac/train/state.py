@@ -35,6 +35,7 @@ class TrainState:
     last_val: float | None = None
     bad_in_row: int = 0               # non-finite steps in a row (reset by a good step)
     bad_total: int = 0
+    adversary: Any = None             # adversarial.Adversary with --adversarial (saved under 'discriminator')
 
     def state_dict(self, cfg: TrainConfig, plan, epoch_info: dict, world_size: int) -> dict:
         """The checkpoint dict. Collective: every rank calls it together (the RNG states are gathered).
@@ -56,6 +57,7 @@ class TrainState:
             "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
             "val_loss": self.last_val, "bad_steps": self.bad_in_row, "bad_steps_total": self.bad_total,
             "time": time.time(),
+            **({"discriminator": self.adversary.state_dict()} if self.adversary is not None else {}),
         }
 
     def load_state_dict(self, ckpt: dict, cfg: TrainConfig, plan, dist_info: DistInfo,
@@ -77,6 +79,10 @@ class TrainState:
             self.sampler.start_epoch(int(ckpt["data_state"]["epoch"]))
         self.scheduler = restore_optimizer(self.optimizer, ckpt, cfg, plan, self.sampler)
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.adversary is not None:
+            self.adversary.restore(ckpt, warn)
+        elif "discriminator" in ckpt:
+            warn("the checkpoint's discriminator state is left unused (--adversarial is off)")
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         if len(per_rank) == dist_info.world_size:
             set_rng_state(per_rank[dist_info.rank])

@@ -12,6 +12,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, ignore_stop_signals_in_worker
+from .gan_losses import mel_loss
 from .losses import reconstruction_loss
 from .windows import WindowDataset, WindowSampler, batched, collate_windows, validation_items
 
@@ -74,6 +75,9 @@ def train_step(step_model: nn.Module, batch: dict, cfg: TrainConfig, params: lis
         pred = step_model(batch["codes"])  # (B, 1, T_out)
     losses = reconstruction_loss(pred, batch["audio"], batch["mask"], cfg.n_ffts,
                                  cfg.l1_weight, cfg.stft_weight)  # fp32
+    if cfg.mel_weight > 0:  # DAC's mel loss without the discriminators (--mel_weight)
+        losses["loss/mel"] = mel_loss(pred.float(), batch["audio"], batch["mask"], cfg.target_sample_rate).mean()
+        losses["loss/total"] = losses["loss/total"] + cfg.mel_weight * losses["loss/mel"]
     losses["loss/total"].backward()
     if cfg.grad_clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -89,8 +93,10 @@ def train_step(step_model: nn.Module, batch: dict, cfg: TrainConfig, params: lis
 def run_validation(model: nn.Module, loader, device: torch.device, cfg: TrainConfig, autocast: Callable,
                    examples: int) -> tuple[dict, list[dict]]:
     """Full val set (this rank's share), losses averaged per item and all-reduced. The noise is
-    seeded (and the training RNG restored after), so every validation sees the same noise."""
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, l1, stft, items
+    seeded (and the training RNG restored after), so every validation sees the same noise.
+    'loss/total' is the reconstruction loss (L1 + STFT, which picks the best model); 'loss/mel' is
+    DAC's mel distance, logged whatever the recipe."""
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # total, l1, stft, mel, items
     kept: list[dict] = []
     devices = [device.index] if device.type == "cuda" else []
     was_training = model.training
@@ -106,15 +112,16 @@ def run_validation(model: nn.Module, loader, device: torch.device, cfg: TrainCon
             sums[0] += per_item["loss/total"].double().sum()
             sums[1] += per_item["loss/l1"].double().sum()
             sums[2] += per_item["loss/stft"].double().sum()
-            sums[3] += len(per_item["loss/total"])
+            sums[3] += mel_loss(pred.float(), b["audio"], b["mask"], cfg.target_sample_rate).double().sum()
+            sums[4] += len(per_item["loss/total"])
             for i in range(min(examples - len(kept), len(pred))):
                 valid = int(b["mask"][i].sum())
                 kept.append({"row": int(batch["rows"][i]), "target": b["audio"][i, 0, :valid].float().cpu(),
                              "pred": pred[i, 0, :valid].float().cpu()})
     model.train(was_training)
     all_reduce_sum(sums)
-    n = max(sums[3].item(), 1.0)
-    return {"loss/total": sums[0].item() / n, "loss/l1": sums[1].item() / n,
-            "loss/stft": sums[2].item() / n, "items": int(sums[3].item())}, kept
+    n = max(sums[4].item(), 1.0)
+    return {"loss/total": sums[0].item() / n, "loss/l1": sums[1].item() / n, "loss/stft": sums[2].item() / n,
+            "loss/mel": sums[3].item() / n, "items": int(sums[4].item())}, kept
 
 
