@@ -133,7 +133,6 @@ def adversarial_steps(model, batch, cfg: TrainConfig, device, precision: str, st
         adversary.train_step(step_model, b, cfg, params, autocast)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        adversary.apply_update(False)
         sync(device)
         if i >= 2:
             times.append(time.perf_counter() - t0)

@@ -1,20 +1,18 @@
 """The adversarial recipe in the trainer: discriminators, their optimizer, and the two-network step.
 
-One iteration with ``--adversarial`` (DAC's order, but for the optimizer steps, see below):
+One iteration with ``--adversarial`` (DAC's order):
 
 1. generator forward: codes -> pred (B, 1, T);
 2. discriminator step: real and generated (detached) audio in one batch (2B, 1, T) through the
-   (DDP-wrapped) discriminators, LSGAN loss, backward, clip, grad norm; the optimizer step waits
-   for the step's agreement (the non-finite guard covers both networks);
+   (DDP-wrapped) discriminators, LSGAN loss, backward, clip, grad norm; all ranks agree that it is
+   finite (one small all-reduce) and the discriminators' optimizer steps, before the generator's
+   losses are computed;
 3. generator losses: reconstruction (L1 + STFT), mel, and the adversarial and feature-matching
-   terms of the discriminators (the generated audio alone goes through them again, now with
-   gradients to the generator; the real features are step 2's, the weights being the same);
-   backward; clip; grad norm.
+   terms of the *updated* discriminators (real audio without gradients for the feature targets,
+   generated audio with gradients to the generator only); backward; clip; grad norm. The loop
+   agrees on the generator's step and applies it as in the seed recipe.
 
-Then, once all ranks agreed the step is finite (one host sync for both networks), both optimizers
-step. So the generator is judged by the discriminators as they were *before* this step's update
-(DAC steps the discriminators first, which would need a second agreement per step); a one-step
-lag on a slowly moving discriminator.
+A non-finite discriminator step is dropped and makes the whole iteration count as a bad step.
 
 The first ``--disc_start_step`` adversarial iterations train the discriminators alone: the
 generator runs without gradients and takes no step, so fresh discriminators catch up with a
@@ -33,7 +31,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .discriminators import Discriminator
-from .distributed import DistInfo
+from .distributed import DistInfo, agree_any
 from .gan_losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, mel_loss
 from .losses import reconstruction_loss
 
@@ -91,9 +89,9 @@ class Adversary:
     # ------------------------------------------------------------------ the step
     def train_step(self, step_model: nn.Module, batch: dict, cfg: TrainConfig, params: list[nn.Parameter],
                    autocast: Callable) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Discriminator step, then the generator's (unless it waits). Gradients only: the caller
-        steps both optimizers once every rank agreed the step is finite (:meth:`apply_update`).
-        Returns the same kind of dict as ``step.train_step`` plus ``disc/*`` and the adversarial terms."""
+        """Discriminator step (applied here, once all ranks agree it is finite), then the
+        generator's gradients (unless it waits); the caller steps the generator. Returns the same
+        kind of dict as ``step.train_step`` plus ``disc/*`` and the adversarial terms."""
         audio, mask = batch["audio"], batch["mask"]
         waits = self.generator_waits
         with torch.set_grad_enabled(not waits), autocast():
@@ -105,17 +103,20 @@ class Adversary:
         n = len(audio)
         real = [(logits[:n], []) for logits, _ in both]
         fake = [(logits[n:], []) for logits, _ in both]
-        # the real features of the feature-matching term: the weights do not change before the
-        # generator's pass (both optimizers step after it), so this forward's values are those
-        real_maps = [(None, [f[:n].detach() for f in feats]) for _, feats in both]
         disc = {k: v.mean() for k, v in discriminator_loss(real, fake, mask).items()}
         disc["disc/loss"].backward()
         disc_norm = clip_and_norm(self.params, cfg.grad_clip)
         metrics = {k: v.detach() for k, v in disc.items()}
         metrics["disc/grad_norm"] = disc_norm.detach()
         finite = torch.isfinite(disc["disc/loss"]) & torch.isfinite(disc_norm)
+        (disc_bad,) = agree_any((~finite).float().reshape(1))
+        if not disc_bad:
+            self.optimizer.step()
+            self.disc_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        del both, real, fake
 
-        # ---- generator: generated audio alone through the discriminators (weights frozen for this pass)
+        # ---- generator: judged by the updated discriminators (their weights frozen for this pass)
         if waits:
             losses = reconstruction_loss(pred.detach(), audio, mask, cfg.n_ffts, cfg.l1_weight, cfg.stft_weight)
             metrics.update({k: v.detach() for k, v in losses.items()})
@@ -126,6 +127,8 @@ class Adversary:
         for p in self.params:  # no discriminator gradients from this pass (and no DDP hooks fire)
             p.requires_grad_(False)
         try:
+            with torch.no_grad(), autocast():
+                real_maps = [(None, feats) for _, feats in self.module(audio, mask)]  # feature targets
             with autocast():
                 fake = self.module(pred.to(audio.dtype), mask)
         finally:
@@ -140,13 +143,6 @@ class Adversary:
         metrics.update({k: v.detach() for k, v in losses.items()})
         metrics["grad_norm"] = grad_norm.detach()
         return metrics, finite & torch.isfinite(losses["loss/total"]) & torch.isfinite(grad_norm)
-
-    def apply_update(self, bad: bool) -> None:
-        """The discriminators' optimizer step of an agreed-finite step; a bad one is dropped."""
-        if not bad:
-            self.optimizer.step()
-            self.disc_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:

@@ -121,8 +121,6 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
             bad, stop_now, timer_due = agree_on_step(run, book, stop, finite)
             lr = state.optimizer.param_groups[0]["lr"]  # the lr this step uses
             apply_update(state, bad)
-            if adversary is not None and "disc/loss" in metrics:
-                adversary.apply_update(bad)
             state.iteration += 1
             maybe_fault("step", state.iteration)
             epoch_done = state.sampler.advance()
