@@ -20,6 +20,9 @@
 # (appended across launches) and logs/<run>/train.pid its PID (the process group leader, uv).
 # Follow: tail -f logs/<run>/training.log   Check: ./train_status.sh   Stop: kill <PID>
 # (SIGTERM: the trainer finishes its step, saves latest.pt and exits; run the same command to resume).
+# Exit status: 0 started (or --help); 1 the trainer died right after starting, or the pre-flight
+# crashed; 2 a refusal (bad argument, missing config/GPU/uv, busy GPU or run directory, failed
+# pre-flight), explained in one sentence on stderr.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

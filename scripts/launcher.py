@@ -248,6 +248,17 @@ def run_state(status: dict | None, alive: bool, log: Path | None) -> tuple[str, 
     return "not started or failed before training began", last_error_line(log)
 
 
+RUN_MARKERS = ("status.json", "config.json", "training.log", "metrics.jsonl")
+
+
+def is_run_dir(run_dir: Path, logs_root: Path) -> bool:
+    """True when ``run_dir`` holds a trainer's files, or a launch in ``logs_root`` targets it."""
+    if any((run_dir / name).is_file() for name in RUN_MARKERS) or any(run_dir.glob(CHECKPOINT_GLOB)):
+        return True
+    launch = read_json(logs_root / run_dir.name / "launch.json")
+    return bool(launch) and Path(launch.get("output_dir", "")).resolve() == run_dir.resolve()
+
+
 def describe(run_dir: Path, logs_root: Path, plot: bool) -> list[str]:
     status = read_json(run_dir / "status.json")
     log_dir = logs_root / run_dir.name
@@ -338,28 +349,45 @@ def status(args: argparse.Namespace) -> int:
         print(f"no runs found (none launched into {logs_root}/, no runs/*/status.json); pass a run directory")
         return 1
     missing = [r for r in unique if not r.is_dir()]
+    not_runs = [r for r in unique if r.is_dir() and not is_run_dir(r, logs_root)]
     for r in unique:
-        if r.is_dir():
+        if r.is_dir() and r not in not_runs:
             print("\n".join(describe(r, logs_root, args.plot)))
             print()
     for r in missing:
         print(f"== {r}\nstate        no such run directory\n")
-    return 1 if missing else 0
+    for r in not_runs:
+        print(f"== {r}\nstate        not a run directory (no {', '.join(RUN_MARKERS)} or checkpoint, and no "
+              f"launch into it in {logs_root}/); pass a trainer --output_dir\n")
+    return 1 if missing or not_runs else 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """``preflight ...`` or ``status ...``. Each command has its own parser named after the shell
+    script that runs it, so a usage error names train_status.sh / train_decoder_48khz.sh, not
+    this internal file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    if command == "status":
+        st = argparse.ArgumentParser(prog="train_status.sh", description="show training runs (see train_status.sh)")
+        st.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
+        st.add_argument("--plot", action="store_true")
+        st.add_argument("--logs_root", default="logs")
+        return argparse.Namespace(command=command, **vars(st.parse_args(argv[1:])))
+    if command == "preflight":
+        pre = argparse.ArgumentParser(prog="train_decoder_48khz.sh (pre-flight)")
+        pre.add_argument("--device", required=True)
+        pre.add_argument("--fresh", action="store_true")
+        pre.add_argument("--logs_root", default="logs")
+        pre.add_argument("trainer_args", nargs=argparse.REMAINDER)
+        return argparse.Namespace(command=command, **vars(pre.parse_args(argv[1:])))
+    print(f"error: {Path(__file__).name} is run by train_decoder_48khz.sh (preflight) and "
+          "train_status.sh (status); run those scripts instead", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser("preflight")
-    pre.add_argument("--device", required=True)
-    pre.add_argument("--fresh", action="store_true")
-    pre.add_argument("--logs_root", default="logs")
-    pre.add_argument("trainer_args", nargs=argparse.REMAINDER)
-    st = sub.add_parser("status")
-    st.add_argument("run_dirs", nargs="*")
-    st.add_argument("--plot", action="store_true")
-    st.add_argument("--logs_root", default="logs")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "status":
             return status(args)

@@ -1,5 +1,28 @@
+import random
+
+import numpy as np
 import pytest
 import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the collected tests in reverse order (to find order dependence)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
+@pytest.fixture(autouse=True)
+def seeded_rngs():
+    """Every test starts from the same RNG state (torch, numpy's global RNG, random), so no outcome
+    depends on which tests ran before it in the same process."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,12 @@ def test_demo_runs_every_step_and_reports_its_outputs(tmp_path):
     status = json.loads((out / "runs" / "demo48" / "status.json").read_text())
     assert status["state"] == "finished" and status["iteration"] == status["total_iterations"]
     decoded = sorted((out / "decoded").rglob("*.wav"))
-    assert decoded and all(sf.info(str(p)).samplerate in (48000, 24000) for p in decoded)
+    # the model's decodes at 48 kHz; the --compare stock decodes (<name>.stock_24khz.wav) at 24 kHz
+    stock = [p for p in decoded if p.name.endswith(".stock_24khz.wav")]
+    model = [p for p in decoded if p not in stock]
+    assert model and len(stock) == len(model)
+    assert {sf.info(str(p)).samplerate for p in model} == {48000}
+    assert {sf.info(str(p)).samplerate for p in stock} == {24000}
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(report["mean"]) == {"stock 24 kHz", "model 48 kHz"}
     assert (out / "export" / "model.safetensors").is_file()

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -144,3 +145,53 @@ def test_launcher_refuses_bad_input_with_a_sentence(workdir, tmp_path):
     if shutil.which("nvidia-smi") is None:
         r = sh(workdir, LAUNCH, "0", "--config", "tiny.json")
         assert r.returncode == 2 and "nvidia-smi not found" in r.stderr
+
+
+def preflight(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The launcher's Python pre-flight as train_decoder_48khz.sh runs it (no nvidia-smi needed)."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "launcher.py"), "preflight", *args],
+                          cwd=cwd, capture_output=True, text=True, env=ENV, timeout=120)
+
+
+@pytest.fixture
+def fake_trainer():
+    """A live process whose command line names the trainer script (what the launcher's liveness
+    check looks for); stopped by its own PID afterwards."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "finetune_decoder_48khz.py"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_launcher_refuses_a_gpu_in_use_and_a_log_folder_of_another_run(workdir, tmp_path, fake_trainer):
+    logs = tmp_path / "logs"
+    busy = logs / "busy"
+    busy.mkdir(parents=True)
+    (busy / "launch.json").write_text(json.dumps({"output_dir": str(tmp_path / "runs" / "busy"), "device": "0,1"}))
+    (busy / "train.pid").write_text(str(fake_trainer))
+    flags = ("--", "--config", "tiny.json")
+    r = preflight(workdir, "--device", "1", "--logs_root", str(logs), *flags, "--output_dir", str(tmp_path / "runs" / "new"))
+    assert r.returncode == 2, r.stderr
+    assert f"GPU 1 is in use by the live run {tmp_path / 'runs' / 'busy'} (PID {fake_trainer})" in r.stderr
+    assert not (logs / "new").exists()  # nothing written by a refused launch
+    # a log folder named like this run but written by a run in another directory
+    other = logs / "x"
+    other.mkdir()
+    (other / "launch.json").write_text(json.dumps({"output_dir": "/elsewhere/runs/x", "device": "cpu"}))
+    r = preflight(workdir, "--device", "cpu", "--logs_root", str(logs), *flags, "--output_dir", str(tmp_path / "runs" / "x"))
+    assert r.returncode == 2
+    assert f"log folder {other} belongs to the run directory /elsewhere/runs/x" in r.stderr
+    assert "another name" in r.stderr and "\n" not in r.stderr.strip()
+
+
+def test_status_usage_errors_name_the_script_and_a_non_run_directory_exits_1(tmp_path):
+    r = sh(tmp_path, STATUS, "--bogus")
+    assert r.returncode == 2 and "train_status.sh: error: unrecognized arguments: --bogus" in r.stderr
+    assert "launcher.py" not in r.stderr
+    (tmp_path / "not_a_run").mkdir()
+    (tmp_path / "not_a_run" / "notes.txt").write_text("hello")
+    r = sh(tmp_path, STATUS, "not_a_run")
+    assert r.returncode == 1
+    assert "state        not a run directory" in r.stdout and "pass a trainer --output_dir" in r.stdout
+    r = sh(tmp_path, STATUS)  # nothing launched here, no runs/
+    assert r.returncode == 1 and "no runs found" in r.stdout

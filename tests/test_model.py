@@ -11,18 +11,88 @@ from snac import SNAC, SNAC48, load_model
 from snac.layers import set_weight_norm_weight, wn_conv1d
 
 
+def layout_count(cfg: dict) -> tuple[int, int]:
+    """(tensors, parameters) of a SNAC without attention, counted from the architecture as the
+    upstream source describes it (not from our modules): every conv is weight-normed (dim 0:
+    magnitude (out, 1, 1) or, transposed, (in, 1, 1); direction; bias), a Snake is one (1, C, 1)
+    alpha, a NoiseBlock one bias-free 1x1 conv, a quantizer in_proj/out_proj 1x1 convs + codebook."""
+    assert not cfg["attn_window_size"], "this count covers the attention-free 24 kHz layout"
+    tensors = params = 0
+
+    def conv(c_in, c_out, k, groups=1, bias=True, transposed=False):
+        nonlocal tensors, params
+        tensors += 2 + bias
+        params += (c_in if transposed else c_out) + c_in * c_out // groups * k + (c_out if bias else 0)
+
+    def snake(c):
+        nonlocal tensors, params
+        tensors += 1
+        params += c
+
+    def residual_units(c):  # dilations 1, 3, 9: Snake, k7 conv (depthwise), Snake, 1x1 conv
+        for _ in range(3):
+            snake(c)
+            conv(c, c, 7, groups=c if cfg["depthwise"] else 1)
+            snake(c)
+            conv(c, c, 1)
+
+    d = cfg["encoder_dim"]
+    conv(1, d, 7)
+    for stride in cfg["encoder_rates"]:  # residual units, Snake, strided conv (k = 2 * stride) doubling d
+        residual_units(d)
+        snake(d)
+        conv(d, 2 * d, 2 * stride)
+        d *= 2
+    latent = d
+    conv(latent, latent, 7, groups=latent if cfg["depthwise"] else 1)
+    for _ in cfg["vq_strides"]:
+        conv(latent, cfg["codebook_dim"], 1)
+        conv(cfg["codebook_dim"], latent, 1)
+        tensors += 1
+        params += cfg["codebook_size"] * cfg["codebook_dim"]
+    c = cfg["decoder_dim"]
+    if cfg["depthwise"]:  # depthwise k7, then 1x1 to the decoder width
+        conv(latent, latent, 7, groups=latent)
+        conv(latent, c, 1)
+    else:  # one dense k7 conv
+        conv(latent, c, 7)
+    for rate in cfg["decoder_rates"]:  # Snake, transposed conv halving the channels, noise, residual units
+        snake(c)
+        conv(c, c // 2, 2 * rate, transposed=True)
+        c //= 2
+        if cfg["noise"]:
+            conv(c, c, 1, bias=False)
+        residual_units(c)
+    snake(c)
+    conv(c, 1, 7)
+    return tensors, params
+
+
 def test_full_24khz_keys_and_parameter_count():
     model = SNAC(**SNAC_24KHZ)
     sd = model.state_dict()
-    assert len(sd) == 269
-    assert sum(p.numel() for p in model.parameters()) == 19_842_914
+    counted = layout_count(SNAC_24KHZ)
+    assert (len(sd), sum(p.numel() for p in model.parameters())) == counted
+    # the published hubertsiuzdak/snac_24khz checkpoint holds 269 tensors and 19,842,914
+    # parameters (counted in its pytorch_model.bin; the upstream snac 1.2.1 package builds the same
+    # layout, which tests/test_model_parity.py compares key by key): the count above must agree
+    assert counted == (269, 19_842_914)
     # final layers of the decoder sit at model.6 (Snake), model.7 (conv), model.8 (Tanh)
-    assert sd["decoder.model.6.alpha"].shape == (1, 64, 1)
-    assert sd["decoder.model.7.parametrizations.weight.original1"].shape == (1, 64, 7)
+    c_out = SNAC_24KHZ["decoder_dim"] // 2 ** len(SNAC_24KHZ["decoder_rates"])
+    assert sd["decoder.model.6.alpha"].shape == (1, c_out, 1)
+    assert sd["decoder.model.7.parametrizations.weight.original1"].shape == (1, c_out, 7)
     # a transposed conv's weight-norm magnitude is (in_channels, 1, 1)
-    assert sd["decoder.model.2.block.1.parametrizations.weight.original0"].shape == (1024, 1, 1)
-    assert sd["quantizer.quantizers.2.codebook.weight"].shape == (4096, 8)
-    assert model.hop_length == 512 and model.pad_multiple == 2048
+    assert sd["decoder.model.2.block.1.parametrizations.weight.original0"].shape == (SNAC_24KHZ["decoder_dim"], 1, 1)
+    assert sd["quantizer.quantizers.2.codebook.weight"].shape == (SNAC_24KHZ["codebook_size"], SNAC_24KHZ["codebook_dim"])
+    hop = math.prod(SNAC_24KHZ["encoder_rates"])
+    assert model.hop_length == hop and model.pad_multiple == hop * SNAC_24KHZ["vq_strides"][0]
+
+
+@pytest.mark.parametrize("flags", [dict(), dict(noise=False), dict(depthwise=False)], ids=["tiny", "no-noise", "dense"])
+def test_layout_count_of_other_configs(flags):
+    cfg = dict(TINY_24KHZ, **flags)
+    model = SNAC(**cfg)
+    assert (len(model.state_dict()), sum(p.numel() for p in model.parameters())) == layout_count(cfg)
 
 
 @pytest.mark.parametrize("cfg", [TINY_24KHZ, TINY_32KHZ], ids=["24k", "32k-attn"])

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
+from helpers_perturb import perturb_parameters_
 from snac.presets import SNAC_24KHZ, TINY_24KHZ, TINY_32KHZ
 from snac import SNAC, SNAC48, load_model
 from snac.train.phases import parameter_groups
@@ -22,8 +23,23 @@ def speechlike(seconds: float, sr: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def full_base():
+    """A full-size 24 kHz base with every parameter off its init (Snake alphas not 1, biases not
+    0), so a copy the smart initialisation skips shows up as a difference."""
     torch.manual_seed(0)
-    return SNAC(**SNAC_24KHZ).eval()
+    return perturb_parameters_(SNAC(**SNAC_24KHZ), seed=1, absolute=1e-3).eval()
+
+
+def test_from_snac_copies_every_quantizer_and_trunk_tensor():
+    base = perturb_parameters_(SNAC(**TINY_24KHZ), seed=2)
+    model = SNAC48.from_snac(base)
+    theirs = base.state_dict()
+    ours = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    assert ours and all(k in theirs for k in ours)  # same names as in the base
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
+    # the head's Snake starts as the base's final Snake; its conv bias as the base's final bias
+    n = len(model.decoder.model)
+    assert torch.equal(model.head.snake.alpha, base.decoder.model[n].alpha)
+    assert torch.equal(model.head.conv.bias, base.decoder.model[n + 1].bias)
 
 
 def test_decode_length_is_twice_the_base(full_base):

@@ -69,12 +69,24 @@ def test_curriculum_sets_length_and_batch_per_epoch():
                                                         (4.0, 8), (4.0, 8)]
 
 
-def test_shipped_configs_are_valid():
+def test_shipped_configs_resolve_to_their_own_values():
+    """Each shipped config resolves to exactly what its file says, the defaults elsewhere, and
+    its curriculum covers every epoch."""
     from helpers_train import REPO
 
-    for path in sorted((REPO / "configs").glob("*.json")):
-        if path.name.startswith("finetune") or path.name.startswith("tiny"):
-            resolve_config(["--config", str(path), "--train_codes", "x"])
+    paths = sorted((REPO / "configs").glob("*.json"))
+    assert {p.name for p in paths} >= {"finetune_48khz.json", "finetune_24khz.json", "tiny_cpu.json"}
+    defaults = TrainConfig(train_codes="x").to_dict()
+    for path in paths:
+        written = json.loads(path.read_text())
+        resolved = resolve_config(["--config", str(path), "--train_codes", "x"]).to_dict()
+        expected = {**defaults, **written, "train_codes": "x", "config": str(path)}
+        assert resolved == expected, path.name
+        cfg = resolve_config(["--config", str(path), "--train_codes", "x"])
+        plans = [epoch_plan(cfg, e) for e in range(1, cfg.epochs + 1)]
+        assert all(length > 0 and batch >= cfg.batch_size for length, batch in plans), path.name
+    assert resolve_config(["--config", str(REPO / "configs" / "finetune_48khz.json"),
+                           "--train_codes", "x"]).target_sample_rate == 48000
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"text"', "3"])
