@@ -88,6 +88,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_seconds(step, device: torch.device, steps: int) -> float:
+    """Median wall time of ``step()`` over ``steps`` runs, after two warm-up runs (allocator,
+    autotuning, compilation)."""
+    times = []
+    for i in range(steps + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def bare_steps(model, batch, cfg: TrainConfig, device, precision: str, steps: int, compile_model: bool) -> float:
     """Seconds per bare step: forward, loss, backward, AdamW step on one resident batch."""
     set_phase(model, "unfreeze")
@@ -96,20 +110,16 @@ def bare_steps(model, batch, cfg: TrainConfig, device, precision: str, steps: in
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     codes = [c.to(device) for c in batch["codes"]]
     audio, mask = batch["audio"].to(device), batch["mask"].to(device)
-    times = []
-    for i in range(steps + 2):  # two warm-up steps (allocator, autotuning, compilation)
-        sync(device)
-        t0 = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             pred = step_model(codes)
         loss = reconstruction_loss(pred, audio, mask, cfg.n_ffts, cfg.l1_weight, cfg.stft_weight)["loss/total"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    return median_seconds(step, device, steps)
 
 
 def adversarial_steps(model, batch, cfg: TrainConfig, device, precision: str, steps: int) -> float:
@@ -126,17 +136,12 @@ def adversarial_steps(model, batch, cfg: TrainConfig, device, precision: str, st
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    times = []
-    for i in range(steps + 2):
-        sync(device)
-        t0 = time.perf_counter()
-        adversary.train_step(step_model, b, cfg, params, autocast)
+    def step() -> None:
+        adversary.train_step(step_model, b, cfg, params, autocast)  # steps the discriminators itself
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    return median_seconds(step, device, steps)
 
 
 def peak_memory(device: torch.device) -> float:

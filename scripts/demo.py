@@ -273,13 +273,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntraining: part 1 stopped at iteration {status1.get('iteration')} (phase {status1.get('phase')}), "
           f"part 2 resumed and finished at iteration {status.get('iteration')}/{status.get('total_iterations')}; "
           f"best val loss {'-' if status.get('best_val_loss') is None else format(status['best_val_loss'], '.4f')}")
-    print(f"  phase switch:       {(grep(log, 'phase switch') or ['(none logged)'])[0]}")
-    print(f"  iteration ckpt:     {(grep(log, r'saved checkpoint_iter') or ['(none)'])[0]}")
-    print(f"  timer ckpt:         {timer[0] if timer else '(none: the run saved more often than the timer)'}")
-    print(f"  resume:             {(grep(log, 'resumed from') or ['(none)'])[0]}")
+    lines = log.read_text().splitlines() if log.is_file() else []
+    events = [("phase switch", (grep(log, "phase switch") or [None])[0], "(none logged)"),
+              ("iteration ckpt", (grep(log, r"saved checkpoint_iter") or [None])[0], "(none)"),
+              ("timer ckpt", timer[0] if timer else None, "(none: the run saved more often than the timer)"),
+              ("resume", (grep(log, "resumed from") or [None])[0], "(none)")]
+    # in the order they happened (the log's order); events that did not happen last
+    events.sort(key=lambda e: lines.index(e[1]) if e[1] in lines else len(lines))
+    for label, line, missing in events:
+        print(f"  {label + ':':<19} {line or missing}")
     print("\nstatus screen (./train_status.sh " + str(run) + "):")
     print("\n".join("  " + line for line in status_screen.split("\n\n", 1)[1].split("--- stderr")[0].strip().splitlines()))
     print("\n" + (report / "report.md").read_text().split("## Spectrograms")[0].strip())
+    if not args.pretrained_model:
+        print("\n  ^ caveat: a tiny RANDOM base model's codes carry no information, so these numbers only show "
+              "that the pipeline runs (48 kHz scoring worse than stock is expected here); pass "
+              "--pretrained_model for meaningful ones.")
     print("\noutputs:")
     for label, path in [("generated audio", raw), ("train/val split", split), ("code caches", cache),
                         ("training config", config_path), ("run directory", run),

@@ -36,3 +36,11 @@ def test_demo_runs_every_step_and_reports_its_outputs(tmp_path):
     assert (out / "export" / "model.safetensors").is_file()
     for path in ("runs/demo48/loss_curves.png", "eval/report.md"):
         assert str(out / path) in proc.stdout
+    # the random-base caveat sits right under the evaluation table, not only at the top
+    table_end = proc.stdout.index("model 48 kHz", proc.stdout.index("demo finished"))
+    assert proc.stdout.index("^ caveat: a tiny RANDOM base", table_end) < proc.stdout.index("\noutputs:")
+    # the summary's checkpoint and resume lines come in the order the training log has them
+    summary = [line.split(": ", 1)[1].strip() for line in proc.stdout.splitlines()
+               if line.startswith(("  phase switch:", "  iteration ckpt:", "  timer ckpt:", "  resume:"))]
+    in_log = [line for line in summary if line in log]
+    assert len(in_log) >= 3 and in_log == sorted(in_log, key=log.index)
