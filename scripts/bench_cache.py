@@ -34,7 +34,8 @@ from snac import SNAC  # noqa: E402
 from snac.cache import list_shards  # noqa: E402
 from snac.cache.encode import PENDING_BATCHES, LengthBuckets, load_item  # noqa: E402
 from snac.cache.format import model_settings  # noqa: E402
-from snac.cache.run import WorkerSpec, default_io_threads, run_worker  # noqa: E402
+from snac.cache.config import default_io_threads  # noqa: E402
+from snac.cache.run import WorkerSpec, run_worker  # noqa: E402
 from snac.presets import SNAC_24KHZ as CFG24, TINY_24KHZ as TINY  # noqa: E402
 
 
