@@ -182,7 +182,7 @@ MUTANTS: list[Mutant] = [
 ]
 
 # breaks every import of the package: proves the copy's code is what the tests import
-CONTROL = m("control-broken-import", "control", "snac/__init__.py", "from .model import SNAC\n",
+CONTROL = m("control-broken-import", "control", "snac/__init__.py", "from importlib import import_module\n",
             'raise ImportError("mutation_check control")\n',
             MODEL48, "-k", "parameter_groups")
 
