@@ -59,14 +59,15 @@ def m(name: str, area: str, path: str, old: str, new: str, *tests: str) -> Mutan
 DATA, LOSSES = "tests/test_train_data.py", "tests/test_train_losses.py"
 CKPT, MODEL48 = "tests/test_train_checkpoint.py", "tests/test_model48.py"
 CACHE_CODES, CACHE_READER = "tests/test_cache_codes.py", "tests/test_cache_reader.py"
-INFER = "tests/test_inference.py"
+INFER, INFER_ERRORS = "tests/test_inference.py", "tests/test_inference_errors.py"
+PREFLIGHT = "tests/test_train_preflight.py"
 WINDOWS, LOSS_PY, CKPT_PY = "snac/train/windows.py", "snac/train/losses.py", "snac/train/checkpoint.py"
 M48_PY, INFER_PY = "snac/model48.py", "snac/infer.py"
 
 MUTANTS: list[Mutant] = [
     # ---- alignment: codes of every scale and the audio of a window start at the same instant
     m("window-audio-start-plus-1-sample", "alignment", WINDOWS,
-      "a_start, a_len = k * p_audio, n * p_audio", "a_start, a_len = k * p_audio + 1, n * p_audio",
+      "out_start, out_len = k * p_out, n * p_out", "out_start, out_len = k * p_out + 1, n * p_out",
       DATA, "-k", "same_instant or slices"),
     m("window-mask-one-sample-too-long", "alignment", WINDOWS,
       "mask[:valid] = 1.0", "mask[:valid + 1] = 1.0", DATA, "-k", "padded"),
@@ -88,7 +89,7 @@ MUTANTS: list[Mutant] = [
       DATA, "-k", "resharding"),
     m("sampler-window-start-ignores-epoch", "resume", WINDOWS,
       "np.random.default_rng([seed, epoch, position, 1])", "np.random.default_rng([seed, position, 1])",
-      DATA, "-k", "restore"),
+      DATA, "-k", "restore or epochs"),
     m("checkpoint-written-in-place", "resume", CKPT_PY,
       'tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")', "tmp = path",
       CKPT, "-k", "kill_during_a_save"),
@@ -103,12 +104,12 @@ MUTANTS: list[Mutant] = [
     m("set-aside-also-takes-the-resumed-one", "resume", CKPT_PY,
       '["iteration"]) > iteration', '["iteration"]) >= iteration', CKPT, "-k", "aside"),
     m("load-checkpoint-unpickles-code", "resume", CKPT_PY,
-      "weights_only=True, mmap=mmap", "weights_only=False, mmap=mmap", CKPT),
+      "weights_only=True, mmap=mmap", "weights_only=False, mmap=mmap", PREFLIGHT, "-k", "load_checkpoint"),
     # ---- losses: padding neither costs nor earns, the spectral-convergence floor only on silence
     m("l1-divided-by-window-length", "losses", LOSS_PY,
       "return num / mask.flatten(1).sum(1).clamp_min(1.0)", "return num / mask.shape[-1]", LOSSES),
     m("stft-log-term-over-padded-frames", "losses", LOSS_PY,
-      "log_mag = (log_diff * frame_mask).sum(1) / frame_mask.sum(1)", "log_mag = log_diff.mean(1)", LOSSES),
+      "return sc, (log_diff * frame_mask).sum(1) / frame_mask.sum(1)", "return sc, log_diff.mean(1)", LOSSES),
     m("sc-floor-raised-100x", "losses", LOSS_PY, "SC_FLOOR_RMS = 1e-2", "SC_FLOOR_RMS = 1.0", LOSSES),
     m("stft-target-tail-not-masked", "losses", LOSS_PY,
       "target = (target * mask).flatten(1).float()", "target = target.flatten(1).float()", LOSSES),
@@ -139,9 +140,9 @@ MUTANTS: list[Mutant] = [
     m("head-skips-the-final-snake", "smart init", M48_PY,
       "return self.tanh(self.conv(self.snake(x)))", "return self.tanh(self.conv(x))",
       MODEL48, "-k", "smart_init"),
-    m("new-snake-not-given-to-the-optimizer", "smart init", M48_PY,
-      '"head": list(self.head.parameters())',
-      '"head": [p for p in self.head.parameters() if p is not self.head.snake.alpha]',
+    m("new-snake-not-given-to-the-optimizer", "smart init", "snac/train/phases.py",
+      '"head": list(model.head.parameters())',
+      '"head": [p for p in model.head.parameters() if p is not model.head.snake.alpha]',
       MODEL48, "-k", "parameter_groups"),
     # ---- caching
     m("cache-model-audio-from-channel-0", "caching", "snac/cache/encode.py",
@@ -155,9 +156,9 @@ MUTANTS: list[Mutant] = [
       'diffs = compare_model_configs(m["model_config"], expected_model_config)', "diffs = []",
       CACHE_READER, "-k", "another_model"),
     m("cache-format-version-unchecked", "caching", "snac/cache/format.py",
-      'if manifest["format_version"] != FORMAT_VERSION:', "if False:", CACHE_READER),
+      'if manifest["format_version"] != FORMAT_VERSION:', "if False:", "tests/test_cache_integrity.py", "-k", "format_version"),
     m("cache-index-not-rebuilt-on-change", "caching", "snac/cache/index.py",
-      'h.update(f"{s.name}:{st.st_size}:{st.st_mtime_ns};".encode())', 'h.update(f"{s.name};".encode())',
+      "f.seek(max(0, size - _TAIL_BYTES))\n            h.update(f.read())", "pass",
       CACHE_READER, "-k", "rebuilt"),
     m("cache-resume-redoes-finished-files", "caching", "snac/cache/run.py",
       "mine = [it for it in partition(items, g, num_workers) if it[0] not in done]",
@@ -165,12 +166,13 @@ MUTANTS: list[Mutant] = [
     # ---- inference
     m("from-codes-codec-check-removed", "inference", "inference.py",
       'if "model_config" in meta and not same_codec(meta["model_config"], codec):', "if False:",
-      INFER, "-k", "another_codec"),
+      INFER_ERRORS, "-k", "another_codec"),
     m("inference-seed-not-set", "inference", "inference.py",
-      "torch.manual_seed(args.seed)\n            length =", "length =", INFER, "-k", "from_codes"),
-    m("inference-downmix-is-channel-0", "inference", "inference.py",
-      "audio, src_rate = load_audio(path, mono=True)",
-      "audio, src_rate = load_audio(path)[0][0].copy(), load_audio(path)[1]", INFER, "-k", "channels"),
+      "iter_decode(model, codes, chunk, device=device, seed=args.seed)",
+      "iter_decode(model, codes, chunk, device=device)", INFER, "-k", "from_codes or channels"),
+    m("inference-downmix-is-channel-0", "inference", "snac/audio.py",
+      "resampler.process(to_mono(x) if mono else x)", "resampler.process(x[0].copy() if mono else x)",
+      INFER, "-k", "channels"),
     m("decode-chunks-without-context", "inference", INFER_PY,
       "context = decoder_context_frames(model) if context_frames is None else context_frames",
       "context = 0 if context_frames is None else context_frames", INFER, "-k", "chunked"),
@@ -178,7 +180,7 @@ MUTANTS: list[Mutant] = [
       "c[0, (keep_start - start) // n:(keep_end - start) // n]", "c[0, :(keep_end - keep_start) // n]",
       INFER, "-k", "chunked"),
     m("check-codes-range-off-by-one", "inference", INFER_PY,
-      'int(c.max()) >= cfg["codebook_size"]', 'int(c.max()) > cfg["codebook_size"]', INFER),
+      'int(c.max()) >= cfg["codebook_size"]', 'int(c.max()) > cfg["codebook_size"]', INFER_ERRORS, "-k", "fit"),
 ]
 
 # breaks every import of the package: proves the copy's code is what the tests import

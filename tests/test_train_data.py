@@ -186,3 +186,14 @@ def test_windows_at_another_cache_rate_equal_slices_of_the_whole_row_resampled(t
         assert valid == 2 * p
         worst = max(worst, float(np.abs(item["audio"][:valid] - whole[k * p:k * p + valid]).max()))
     assert worst < 1e-4 * rms, worst / rms
+
+
+def test_a_row_gets_new_window_starts_in_new_epochs():
+    # a pure function of (seed, epoch, position): the same in a resumed run, different across epochs
+    # (a sampler that ignored the epoch would train on the same few seconds of every row forever)
+    starts = np.array([[window_start(7, epoch, position, 400, 20, 1) for position in range(40)]
+                       for epoch in range(3)])
+    assert (starts == np.array([[window_start(7, epoch, position, 400, 20, 1) for position in range(40)]
+                                for epoch in range(3)])).all()
+    assert (starts[0] != starts[1]).mean() > 0.8 and (starts[1] != starts[2]).mean() > 0.8
+    assert ((starts >= 0) & (starts <= 380)).all()

@@ -34,6 +34,10 @@ def test_the_padded_tail_changes_nothing():
     wild[0, :, 3000:] = 5.0 * torch.randn(1, 1096)  # whatever the model outputs over padding
     again = reconstruction_loss(wild, target, mask, N_FFTS, 1.0, 1.0)
     assert all(torch.allclose(base[k], again[k]) for k in base)
+    noisy_target = target.clone()
+    noisy_target[0, :, 3000:] = 5.0 * torch.randn(1, 1096)  # a target tail the mask excludes
+    again = reconstruction_loss(pred, noisy_target, mask, N_FFTS, 1.0, 1.0)
+    assert all(torch.allclose(base[k], again[k]) for k in base)
 
 
 def test_losses_are_means_of_per_item_values_so_batching_does_not_matter():
