@@ -213,3 +213,20 @@ def test_wrong_code_lengths_in_a_shard_are_refused(synthetic):
     pq.write_table(t, shard)
     with pytest.raises(ValueError, match=rf"{shard.name}: codes_1 lengths are not num_coarse x 2; the shard is damaged"):
         CodeCache(synthetic)
+
+
+def test_index_digest_sees_a_same_size_rewrite_of_a_shard_and_ignores_times(tmp_path):
+    """A shard rewritten in place with other content of the same size (the footer's offsets and
+    statistics change) names another index; a new modification time alone does not."""
+    from snac.cache.index import shard_digest
+
+    manifest = {"model_config": TINY_CONFIG, "embed_audio": False}
+    shard = tmp_path / "shard-w000-00000.parquet"
+    data = bytearray(os.urandom(100_000))
+    shard.write_bytes(bytes(data))
+    first = shard_digest([shard], manifest)
+    os.utime(shard, (1, 1))
+    assert shard_digest([shard], manifest) == first  # times do not count
+    data[-100] ^= 0xFF  # same size, one byte of the footer region changed
+    shard.write_bytes(bytes(data))
+    assert shard_digest([shard], manifest) != first

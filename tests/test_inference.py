@@ -50,7 +50,9 @@ def _write(path: Path, seconds: float, rate: int, channels: int = 1, seed: int =
     n = int(seconds * rate)
     t = np.arange(n) / rate
     x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(n)
-    data = np.stack([x] * channels, axis=1) if channels > 1 else x
+    # channels differ (gain and noise), so a downmix that kept channel 0 would not pass
+    data = np.stack([x * (1 - 0.3 * c) + 0.05 * rng.standard_normal(n) for c in range(channels)],
+                    axis=1) if channels > 1 else x
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data.astype(np.float32), rate)
     return n

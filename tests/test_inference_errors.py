@@ -66,7 +66,9 @@ def _run_codes(m48, tmp_path, codes, capsys, model_config=None):
     (_codes((2, 4)), "got 2 codebooks but the model has 3 (strides [4, 2, 1])"),
     (_codes((2, 4, 7)), "code lengths [2, 4, 7] do not cover one time span with strides [4, 2, 1]"),
     (_codes((2, 4, 8), high=SIZE + 5), f"code values must lie in [0, {SIZE})"),
-], ids=["count", "span", "range"])
+    ([c.clamp(max=SIZE - 1) if i else torch.full_like(c, SIZE) for i, c in enumerate(_codes())],
+     f"code values must lie in [0, {SIZE})"),  # exactly one past the last code
+], ids=["count", "span", "range", "range edge"])
 def test_codes_that_do_not_fit_are_refused_per_file(m48, tmp_path, capsys, codes, message):
     rc, err = _run_codes(m48, tmp_path, codes, capsys)
     assert rc == 1 and message in err and not (tmp_path / "y.wav").exists()
