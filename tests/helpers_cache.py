@@ -36,7 +36,9 @@ def write_audio(path: Path, seconds: float, sample_rate: int, channels: int = 1,
     frames = max(1, int(round(seconds * sample_rate)))
     rng = np.random.default_rng(seed)
     t = np.arange(frames) / sample_rate
-    x = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t)[:, None] + 0.05 * rng.standard_normal((frames, channels))
+    # each channel its own tone (so a mono mix differs clearly from any one channel), plus noise
+    tones = (200 + 50 * seed) * (1 + 0.75 * np.arange(channels))  # (channels,) Hz
+    x = 0.3 * np.sin(2 * np.pi * tones * t[:, None]) + 0.05 * rng.standard_normal((frames, channels))
     if silent:
         x = np.zeros((frames, channels))
     sf.write(path, x.astype(np.float32), sample_rate, subtype=subtype)

@@ -119,7 +119,9 @@ def test_codes_equal_single_file_encoding(zoo):
     from snac.audio import resample
 
     model = SNAC.from_pretrained(zoo["model_dir"])
-    for row in shard_table(zoo["cache"]).to_pylist():
+    rows = shard_table(zoo["cache"]).to_pylist()
+    assert {r["path"] for r in rows} == set(zoo["good"])  # every good file compared, none rejected
+    for row in rows:
         data, sr = sf.read(zoo["audio"] / row["path"], dtype="float32", always_2d=True)  # (frames, ch)
         mono = data.mean(axis=1, dtype=np.float32)  # the mix of every channel, not channel 0
         reference = encode_single(model, resample(mono, sr, 24000))
