@@ -17,7 +17,7 @@ import torch
 from snac import SNAC
 from snac.presets import TINY_24KHZ
 from snac.train.checkpoint import load_checkpoint
-from snac.train.codec import AudioWindows, window_samples
+from snac.train.codec import AudioWindows, resolve_codec_config, run_codec_training, window_samples
 from snac.train.gan_losses import mel_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,3 +163,28 @@ def test_folder_without_audio_fails_with_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert train(tmp_path / "empty", tmp_path / "run", "--max_steps", "1") == 2
     assert "holds no readable audio" in capsys.readouterr().err
+
+
+def test_iteration_and_timer_checkpoints_with_rotation(audio_dir, tmp_path):
+    """checkpoint_iter{N}.pt every 2 steps (only the newest kept), and latest.pt from the timer
+    after every step of a clock that advances a minute per reading."""
+    ticks = iter(range(0, 10**6, 60))
+    cfg = resolve_codec_config(["--audio_dir", str(audio_dir), "--output_dir", str(tmp_path / "run"), *TINY_FLAGS,
+                                "--max_steps", "5", "--checkpoint_every", "2", "--keep_last", "1",
+                                "--checkpoint_minutes", "1", "--no-adversarial"])
+    assert run_codec_training(cfg, clock=lambda: float(next(ticks))) == 0
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint_iter4.pt", "latest.pt"]
+    log = (tmp_path / "run" / "training.log").read_text()
+    for line in ("saved latest.pt (iteration 1)", "saved checkpoint_iter2.pt, latest.pt (iteration 2)",
+                 "saved latest.pt (iteration 3)", "saved latest.pt (iteration 5)"):
+        assert line in log
+
+
+def test_bad_model_config_and_pretrained_fail_with_one_line(audio_dir, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    assert train(audio_dir, tmp_path / "a", "--model_config", str(tmp_path / "bad.json")) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    flags = [f for f in TINY_FLAGS if f not in ("--model_config", "tiny_24khz")]
+    assert main(["--audio_dir", str(audio_dir), "--output_dir", str(tmp_path / "b"), *flags,
+                 "--pretrained_model", str(tmp_path / "nowhere")]) == 2
+    assert "--pretrained_model" in capsys.readouterr().err

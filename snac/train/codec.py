@@ -149,14 +149,24 @@ def model_config_from(name_or_path: str | None) -> dict:
         return dict(PRESETS[name])
     if not Path(name).is_file():
         raise ConfigError(f"--model_config {name}: neither a preset ({', '.join(PRESETS)}) nor a JSON file")
-    with open(name) as f:
-        return json.load(f)
+    try:
+        with open(name) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model_config {name} is not valid JSON (line {e.lineno}: {e.msg})") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"--model_config {name} must hold a JSON object of SNAC constructor arguments")
+    return config
 
 
 def build_codec(cfg: CodecConfig) -> SNAC:
     """Random weights from the seed, or the pretrained model's (its config wins)."""
     if cfg.pretrained_model:
-        return SNAC.from_pretrained(cfg.pretrained_model)
+        try:
+            return SNAC.from_pretrained(cfg.pretrained_model)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--pretrained_model {cfg.pretrained_model}: cannot load a SNAC ({e}); pass a "
+                              "directory with config.json + weights or a hub id") from e
     torch.manual_seed(cfg.seed)
     try:
         return SNAC(**model_config_from(cfg.model_config))
