@@ -499,7 +499,7 @@ def log_codec_step(run: CodecRun, log: RunLog, meter: Throughput, metrics: dict,
     pace = meter.read(it, total)
     levels = len(run.health.last_used)
     terms = " ".join(f"{name.split('/')[1]} {m[name]:.4f}" for name, _ in LOSS_TERMS if name in m)
-    health = " ".join(f"{m[f'vq/perplexity_{i}']:.1f}/{m[f'vq/used_{i}']:.2f}" for i in range(levels))
+    health = " ".join(f"{m[f'vq/perplexity_{i}']:.1f}/{m[f'vq/used_{i}']:.3f}" for i in range(levels))
     disc = f" | disc {m['disc/loss']:.4f} grad {m['disc/grad_norm']:.3g}" if "disc/loss" in m else ""
     log.line(f"it {it}/{total} | loss {m['loss/total']:.4f} {terms} | grad {m['grad_norm']:.3g}{disc} | "
              f"vq ppl/used {health}{' reseeded ' + str(int(m['vq/reseeded'])) if m.get('vq/reseeded') else ''} | "
