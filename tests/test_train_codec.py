@@ -77,7 +77,7 @@ def test_losses_finite_and_mel_distance_falls_in_30_steps(audio_dir, tmp_path):
             assert r[key] is not None and np.isfinite(r[key]), (r["iteration"], key)
     before = fixed_batch_mel(SNAC.from_pretrained(tmp_path / "init" / "model"), audio_dir)
     after = fixed_batch_mel(SNAC.from_pretrained(tmp_path / "run" / "model"), audio_dir)
-    assert after < 0.9 * before, (before, after)  # measured: 3.14 -> 2.5
+    assert after < 0.9 * before, (before, after)  # measured: 5.91 -> 2.97
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "finished" and status["iteration"] == 30
 
