@@ -16,3 +16,11 @@ SNAC_44KHZ = dict(SNAC_32KHZ, sampling_rate=44100)
 # same layout rules, a few thousand parameters (TINY_24KHZ: ~30 k, the published hop and strides)
 TINY_24KHZ = dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32, codebook_size=64, codebook_dim=4)
 TINY_32KHZ = dict(SNAC_32KHZ, encoder_dim=8, decoder_dim=128, codebook_size=64, codebook_dim=4)
+
+# a small 24 kHz codec a 2-core CPU can train from scratch in hours (1.6 M parameters; the size
+# issue 12's feasibility run used): the published hop and strides, fewer channels and codes
+SMALL_24KHZ = dict(SNAC_24KHZ, encoder_dim=16, decoder_dim=256, codebook_size=1024, codebook_dim=8)
+
+# named model configs (scripts/train_codec.py --model_config NAME)
+PRESETS = {"snac_24khz": SNAC_24KHZ, "snac_32khz": SNAC_32KHZ, "snac_44khz": SNAC_44KHZ,
+           "small_24khz": SMALL_24KHZ, "tiny_24khz": TINY_24KHZ, "tiny_32khz": TINY_32KHZ}

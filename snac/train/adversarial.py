@@ -39,9 +39,10 @@ DISC_BETAS = (0.8, 0.99)  # DAC's AdamW betas for the discriminators
 CHECKPOINT_KEY = "discriminator"
 
 
-def build_discriminator(cfg: TrainConfig) -> Discriminator:
-    """The discriminators sized for the target rate (bands are fractions of its Nyquist)."""
-    return Discriminator(cfg.target_sample_rate, multi_period=cfg.multi_period, multi_band=cfg.multi_band,
+def build_discriminator(cfg: TrainConfig, sample_rate: int | None = None) -> Discriminator:
+    """The discriminators sized for the target rate (bands are fractions of its Nyquist);
+    ``sample_rate`` overrides ``cfg.target_sample_rate`` (the codec trainer: the model's rate)."""
+    return Discriminator(sample_rate or cfg.target_sample_rate, multi_period=cfg.multi_period, multi_band=cfg.multi_band,
                          mpd_channels=tuple(cfg.mpd_channels), mrd_channels=cfg.mrd_channels)
 
 
@@ -56,9 +57,12 @@ def clip_and_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
 class Adversary:
     """Discriminators + their AdamW + the number of discriminator steps taken (checkpointed)."""
 
-    def __init__(self, cfg: TrainConfig, dist_info: DistInfo, device: torch.device):
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo, device: torch.device,
+                 sample_rate: int | None = None):
+        """``cfg`` needs the discriminator fields of :class:`TrainConfig` (the codec trainer's
+        config has the same names); ``sample_rate`` as in :func:`build_discriminator`."""
         self.cfg = cfg
-        self.module = build_discriminator(cfg).to(device).train()
+        self.module = build_discriminator(cfg, sample_rate).to(device).train()
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.disc_learning_rate,
                                            betas=DISC_BETAS, weight_decay=cfg.weight_decay)
         self.params = list(self.module.parameters())
@@ -80,7 +84,7 @@ class Adversary:
     def describe(self) -> str:
         n = sum(p.numel() for p in self.params)
         bands = ", ".join(f"{lo / 1000:.1f}-{hi / 1000:.1f}" for lo, hi in self.module.band_edges_hz())
-        return (f"discriminators {', '.join(self.module.names)} at {self.cfg.target_sample_rate} Hz "
+        return (f"discriminators {', '.join(self.module.names)} at {self.module.sample_rate} Hz "
                 f"({n / 1e6:.2f}M parameters{'; bands ' + bands + ' kHz' if bands else ''}); "
                 f"weights mel {self.cfg.mel_weight:g}, feat {self.cfg.feat_weight:g}, adv {self.cfg.adv_weight:g}; "
                 f"disc lr {self.cfg.disc_learning_rate:g}; generator waits for {self.cfg.disc_start_step} "
@@ -96,8 +100,31 @@ class Adversary:
         waits = self.generator_waits
         with torch.set_grad_enabled(not waits), autocast():
             pred = step_model(batch["codes"])  # (B, 1, T)
+        metrics, finite = self.discriminator_step(audio, pred, mask, cfg.grad_clip, autocast)
 
-        # ---- discriminators: real and generated in one forward (one DDP reduction per step)
+        # ---- generator: judged by the updated discriminators (their weights frozen for this pass)
+        if waits:
+            losses = reconstruction_loss(pred.detach(), audio, mask, cfg.n_ffts, cfg.l1_weight, cfg.stft_weight)
+            metrics.update({k: v.detach() for k, v in losses.items()})
+            metrics["grad_norm"] = torch.zeros((), device=audio.device)
+            return metrics, finite
+        losses = reconstruction_loss(pred, audio, mask, cfg.n_ffts, cfg.l1_weight, cfg.stft_weight)
+        losses["loss/mel"] = mel_loss(pred.float(), audio, mask, cfg.target_sample_rate).mean()
+        losses.update(self.generator_terms(audio, pred, mask, autocast))
+        losses["loss/total"] = (losses["loss/total"] + cfg.mel_weight * losses["loss/mel"]
+                                + cfg.adv_weight * losses["loss/adv"] + cfg.feat_weight * losses["loss/feat"])
+        losses["loss/total"].backward()
+        grad_norm = clip_and_norm(params, cfg.grad_clip)
+        metrics.update({k: v.detach() for k, v in losses.items()})
+        metrics["grad_norm"] = grad_norm.detach()
+        return metrics, finite & torch.isfinite(losses["loss/total"]) & torch.isfinite(grad_norm)
+
+    def discriminator_step(self, audio: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                           grad_clip: float, autocast: Callable) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One discriminator update on real ``audio`` and generated ``pred`` (detached here), all
+        (B, 1, T); applied once every rank agrees it is finite. Returns ({'disc/loss', 'disc/real',
+        'disc/fake', 'disc/grad_norm'}, finite (0-dim bool)). Shared with the codec trainer."""
+        # real and generated in one forward (one DDP reduction per step)
         with autocast():
             both = self.step_module(torch.cat([audio, pred.detach().to(audio.dtype)]), torch.cat([mask, mask]))
         n = len(audio)
@@ -105,7 +132,7 @@ class Adversary:
         fake = [(logits[n:], []) for logits, _ in both]
         disc = {k: v.mean() for k, v in discriminator_loss(real, fake, mask).items()}
         disc["disc/loss"].backward()
-        disc_norm = clip_and_norm(self.params, cfg.grad_clip)
+        disc_norm = clip_and_norm(self.params, grad_clip)
         metrics = {k: v.detach() for k, v in disc.items()}
         metrics["disc/grad_norm"] = disc_norm.detach()
         finite = torch.isfinite(disc["disc/loss"]) & torch.isfinite(disc_norm)
@@ -114,17 +141,13 @@ class Adversary:
             self.optimizer.step()
             self.disc_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        del both, real, fake
+        return metrics, finite
 
-        # ---- generator: judged by the updated discriminators (their weights frozen for this pass)
-        if waits:
-            losses = reconstruction_loss(pred.detach(), audio, mask, cfg.n_ffts, cfg.l1_weight, cfg.stft_weight)
-            metrics.update({k: v.detach() for k, v in losses.items()})
-            metrics["grad_norm"] = torch.zeros((), device=disc_norm.device)
-            return metrics, finite
-        losses = reconstruction_loss(pred, audio, mask, cfg.n_ffts, cfg.l1_weight, cfg.stft_weight)
-        losses["loss/mel"] = mel_loss(pred.float(), audio, mask, cfg.target_sample_rate).mean()
-        for p in self.params:  # no discriminator gradients from this pass (and no DDP hooks fire)
+    def generator_terms(self, audio: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                        autocast: Callable) -> dict[str, torch.Tensor]:
+        """{'loss/adv', 'loss/feat'} (batch means, 0-dim) of ``pred`` (B, 1, T, with gradients) as
+        the discriminators judge it; no gradient reaches the discriminators (and no DDP hook fires)."""
+        for p in self.params:
             p.requires_grad_(False)
         try:
             with torch.no_grad(), autocast():
@@ -134,15 +157,8 @@ class Adversary:
         finally:
             for p in self.params:
                 p.requires_grad_(True)
-        losses["loss/adv"] = generator_adversarial_loss(fake, mask).mean()
-        losses["loss/feat"] = feature_matching_loss(real_maps, fake, mask).mean()
-        losses["loss/total"] = (losses["loss/total"] + cfg.mel_weight * losses["loss/mel"]
-                                + cfg.adv_weight * losses["loss/adv"] + cfg.feat_weight * losses["loss/feat"])
-        losses["loss/total"].backward()
-        grad_norm = clip_and_norm(params, cfg.grad_clip)
-        metrics.update({k: v.detach() for k, v in losses.items()})
-        metrics["grad_norm"] = grad_norm.detach()
-        return metrics, finite & torch.isfinite(losses["loss/total"]) & torch.isfinite(grad_norm)
+        return {"loss/adv": generator_adversarial_loss(fake, mask).mean(),
+                "loss/feat": feature_matching_loss(real_maps, fake, mask).mean()}
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:

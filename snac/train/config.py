@@ -165,12 +165,13 @@ def help_default(help_text: str, default: Any) -> str:
     return f" (default: {default})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """argparse built from TrainConfig; defaults are SUPPRESSed so we know which flags were given."""
-    parser = argparse.ArgumentParser(
-        description="Fine-tune a SNAC decoder at 48 kHz (or 24 kHz) from cached codes.",
-        argument_default=argparse.SUPPRESS)
-    for f in fields(TrainConfig):
+def build_parser(config_class: type = TrainConfig,
+                 description: str = "Fine-tune a SNAC decoder at 48 kHz (or 24 kHz) from cached codes."
+                 ) -> argparse.ArgumentParser:
+    """argparse built from a config dataclass (TrainConfig, or the codec trainer's, whose fields
+    follow the same conventions); defaults are SUPPRESSed so we know which flags were given."""
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    for f in fields(config_class):
         default = f.default if f.default is not MISSING else f.default_factory()
         help_text = f.metadata["help"] + help_default(f.metadata["help"], default)
         if isinstance(default, bool):
@@ -180,13 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, config_class: type = TrainConfig) -> Any:
     """Convert a JSON or flag value to the field's type; one-line error on mismatch."""
     if name in INT_LISTS:
         return _parse_int_list(name, value)
     if name == "segment_schedule":
         return _parse_schedule(value)
-    f = next(f for f in fields(TrainConfig) if f.name == name)
+    f = next(f for f in fields(config_class) if f.name == name)
     if value is None:
         return None
     kind = _flag_type(f)
@@ -209,7 +210,7 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
 
 
-def load_config_file(path: str) -> dict:
+def load_config_file(path: str, config_class: type = TrainConfig) -> dict:
     try:
         with open(path) as f:
             data = json.load(f)
@@ -219,7 +220,7 @@ def load_config_file(path: str) -> dict:
         raise ConfigError(f"--config {path} is not valid JSON (line {e.lineno}: {e.msg})")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} must hold a JSON object of flag names to values")
-    unknown = sorted(set(data) - set(FIELD_NAMES))
+    unknown = sorted(set(data) - {f.name for f in fields(config_class)})
     if unknown:
         raise ConfigError(f"--config {path} has unknown key(s) {', '.join(unknown)}; "
                           f"valid keys are the flag names (see --help)")
@@ -229,13 +230,20 @@ def load_config_file(path: str) -> dict:
 
 def resolve_config(argv: list[str] | None = None) -> TrainConfig:
     """defaults < --config JSON < explicit flags, then :func:`validate`."""
-    explicit = vars(build_parser().parse_args(argv))
+    return resolve_dataclass_config(argv, TrainConfig, build_parser(), validate)
+
+
+def resolve_dataclass_config(argv: list[str] | None, config_class: type, parser: argparse.ArgumentParser,
+                             check: Any) -> Any:
+    """defaults < --config JSON < explicit flags for any config dataclass built like TrainConfig,
+    then ``check(cfg)`` (raises ConfigError)."""
+    explicit = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     if explicit.get("config"):
-        values.update(load_config_file(explicit["config"]))
+        values.update(load_config_file(explicit["config"], config_class))
     values.update(explicit)
-    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    validate(cfg)
+    cfg = config_class(**{k: _coerce(k, v, config_class) for k, v in values.items()})
+    check(cfg)
     return cfg
 
 

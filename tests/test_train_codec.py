@@ -1,0 +1,190 @@
+"""scripts/train_codec.py on a few seconds of synthetic audio: it learns, resumes bit-identically,
+and exports a plain SNAC that both this package and upstream snac load. (The quantizer's training
+path itself is tested in test_vq_train.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from snac import SNAC
+from snac.presets import TINY_24KHZ
+from snac.train.checkpoint import load_checkpoint
+from snac.train.codec import AudioWindows, resolve_codec_config, run_codec_training, window_samples
+from snac.train.gan_losses import mel_loss
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from train_codec import main  # noqa: E402
+
+# tiny everything: 1 pad multiple (2048 samples) per window, 4-channel discriminators
+TINY_FLAGS = ["--model_config", "tiny_24khz", "--device", "cpu", "--batch_size", "2", "--segment_length", "0.08",
+              "--mpd_channels", "4,4,4,4,4", "--mrd_channels", "4", "--log_every", "1", "--checkpoint_every", "0"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """The trainer sets torch's CPU threads to 1; later tests in this process get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def audio_dir(tmp_path: Path) -> Path:
+    """3 s of chirps + noise in three files of other rates and channel counts than the model's."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "audio"
+    root.mkdir()
+    for i, (rate, channels, seconds) in enumerate([(16000, 1, 1.5), (44100, 2, 1.0), (24000, 1, 0.5)]):
+        t = np.arange(int(rate * seconds)) / rate
+        x = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t * (1 + t)) + 0.03 * rng.standard_normal(len(t))
+        sf.write(root / f"clip{i}.wav", np.stack([x] * channels, 1) if channels > 1 else x, rate)
+    return root
+
+
+def train(audio_dir: Path, out: Path, *flags: str) -> int:
+    return main(["--audio_dir", str(audio_dir), "--output_dir", str(out), *TINY_FLAGS, *flags])
+
+
+def fixed_batch_mel(model: SNAC, audio_dir: Path) -> float:
+    """Mean mel distance of ``model`` on 8 windows drawn with a fixed seed (noise seeded too)."""
+    data = AudioWindows(str(audio_dir), model.sampling_rate, window_samples(model, 0.25), seed=99, warn=lambda _: None)
+    audio, mask = data.sample(8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        pred, _ = model(audio)
+    return float(mel_loss(pred, audio, mask, model.sampling_rate).mean())
+
+
+def test_losses_finite_and_mel_distance_falls_in_30_steps(audio_dir, tmp_path):
+    assert train(audio_dir, tmp_path / "init", "--max_steps", "0") == 0
+    assert train(audio_dir, tmp_path / "run", "--max_steps", "30", "--learning_rate", "3e-3",
+                 "--reseed_dead_codes", "5") == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["type"] == "train"]
+    assert len(train_rows) == 30
+    for r in train_rows:
+        for key in ("loss/total", "loss/mel", "loss/adv", "loss/feat", "loss/commitment", "loss/codebook",
+                    "disc/loss", "grad_norm", "vq/perplexity_0", "vq/used_2"):
+            assert r[key] is not None and np.isfinite(r[key]), (r["iteration"], key)
+    before = fixed_batch_mel(SNAC.from_pretrained(tmp_path / "init" / "model"), audio_dir)
+    after = fixed_batch_mel(SNAC.from_pretrained(tmp_path / "run" / "model"), audio_dir)
+    assert after < 0.9 * before, (before, after)  # measured: 5.91 -> 2.97
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "finished" and status["iteration"] == 30
+
+
+def same(a, b, path="") -> None:
+    """Recursive torch.equal over checkpoint dicts/lists."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("stop_by", ["max_steps", "sigterm"])
+def test_stop_and_resume_auto_is_bit_identical(audio_dir, tmp_path, monkeypatch, stop_by):
+    """6 steps in one run == 3 steps stopped by --max_steps (or 4, stopped by a SIGTERM that the
+    trainer catches: it saves and exits 0), then --resume auto to 6: every state torch.equal."""
+    flags = ("--reseed_dead_codes", "2", "--learning_rate", "1e-3")
+    assert train(audio_dir, tmp_path / "whole", "--max_steps", "6", *flags) == 0
+    if stop_by == "max_steps":
+        assert train(audio_dir, tmp_path / "split", "--max_steps", "3", *flags) == 0
+    else:
+        monkeypatch.setenv("SNAC48_FAULT", "step:3:TERM")  # this process sends itself SIGTERM after step 3
+        assert train(audio_dir, tmp_path / "split", "--max_steps", "6", *flags) == 0
+        monkeypatch.delenv("SNAC48_FAULT")
+        # the signal lands between steps 3 and 4: step 4 (already begun) finishes, then it saves
+        assert load_checkpoint(tmp_path / "split" / "latest.pt")["iteration"] == 4
+        assert "stop signal received" in (tmp_path / "split" / "training.log").read_text()
+    assert train(audio_dir, tmp_path / "split", "--max_steps", "6", "--resume", "auto", *flags) == 0
+    whole = load_checkpoint(tmp_path / "whole" / "latest.pt")
+    split = load_checkpoint(tmp_path / "split" / "latest.pt")
+    assert whole["iteration"] == split["iteration"] == 6
+    for key in ("model", "optimizer", "discriminator", "health", "rng", "data", "bad_total"):
+        same(whole[key], split[key], key)
+    assert "resumed from" in (tmp_path / "split" / "training.log").read_text()
+
+
+def test_export_loads_here_and_in_upstream_snac(audio_dir, tmp_path):
+    assert train(audio_dir, tmp_path / "run", "--max_steps", "2", "--export", str(tmp_path / "export")) == 0
+    files = {p.name for p in (tmp_path / "export").iterdir()}
+    assert {"config.json", "model.safetensors", "pytorch_model.bin"} <= files
+    ours = SNAC.from_pretrained(tmp_path / "export")
+    trained = load_checkpoint(tmp_path / "run" / "latest.pt")["model"]
+    same(ours.state_dict(), trained)
+    assert ours.config == SNAC(**TINY_24KHZ).config
+    if os.environ.get("SNAC_SKIP_REFERENCE") == "1":
+        pytest.skip("SNAC_SKIP_REFERENCE=1: no PyPI access for the reference wheel")
+    from scripts._common import import_reference
+
+    theirs = import_reference().SNAC.from_pretrained(str(tmp_path / "export"))
+    same(theirs.state_dict(), trained)
+
+
+def test_continues_from_pretrained_weights(audio_dir, tmp_path):
+    torch.manual_seed(5)
+    SNAC(**TINY_24KHZ).save_pretrained(tmp_path / "base")
+    flags = [f for f in TINY_FLAGS if f not in ("--model_config", "tiny_24khz")]
+    code = main(["--audio_dir", str(audio_dir), "--output_dir", str(tmp_path / "run"), *flags, "--max_steps", "1",
+                 "--pretrained_model", str(tmp_path / "base"), "--no-adversarial"])
+    assert code == 0
+    base, tuned = SNAC.from_pretrained(tmp_path / "base"), SNAC.from_pretrained(tmp_path / "run" / "model")
+    moved = [k for k, v in base.state_dict().items() if not torch.equal(v, tuned.state_dict()[k])]
+    assert moved and len(moved) < len(base.state_dict()) + 1  # one step away from the base, same keys
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pretrained_model", "x"], "--model_config and --pretrained_model both given"),
+    (["--lr_gamma", "1.5"], "--lr_gamma must be in (0, 1]"),
+])
+def test_bad_flags_fail_with_one_line(audio_dir, tmp_path, capsys, extra, message):
+    assert train(audio_dir, tmp_path / "run", *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_folder_without_audio_fails_with_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert train(tmp_path / "empty", tmp_path / "run", "--max_steps", "1") == 2
+    assert "holds no readable audio" in capsys.readouterr().err
+
+
+def test_iteration_and_timer_checkpoints_with_rotation(audio_dir, tmp_path):
+    """checkpoint_iter{N}.pt every 2 steps (only the newest kept), and latest.pt from the timer
+    after every step of a clock that advances a minute per reading."""
+    ticks = iter(range(0, 10**6, 60))
+    cfg = resolve_codec_config(["--audio_dir", str(audio_dir), "--output_dir", str(tmp_path / "run"), *TINY_FLAGS,
+                                "--max_steps", "5", "--checkpoint_every", "2", "--keep_last", "1",
+                                "--checkpoint_minutes", "1", "--no-adversarial"])
+    assert run_codec_training(cfg, clock=lambda: float(next(ticks))) == 0
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint_iter4.pt", "latest.pt"]
+    log = (tmp_path / "run" / "training.log").read_text()
+    for line in ("saved latest.pt (iteration 1)", "saved checkpoint_iter2.pt, latest.pt (iteration 2)",
+                 "saved latest.pt (iteration 3)", "saved latest.pt (iteration 5)"):
+        assert line in log
+
+
+def test_bad_model_config_and_pretrained_fail_with_one_line(audio_dir, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    assert train(audio_dir, tmp_path / "a", "--model_config", str(tmp_path / "bad.json")) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    flags = [f for f in TINY_FLAGS if f not in ("--model_config", "tiny_24khz")]
+    assert main(["--audio_dir", str(audio_dir), "--output_dir", str(tmp_path / "b"), *flags,
+                 "--pretrained_model", str(tmp_path / "nowhere")]) == 2
+    assert "--pretrained_model" in capsys.readouterr().err
