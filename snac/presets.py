@@ -13,7 +13,7 @@ SNAC_32KHZ = dict(sampling_rate=32000, encoder_dim=64, encoder_rates=[2, 3, 8, 8
                   codebook_dim=8, vq_strides=[8, 4, 2, 1], noise=True, depthwise=True)
 SNAC_44KHZ = dict(SNAC_32KHZ, sampling_rate=44100)
 
-# same layout rules, a few thousand parameters (TINY_24KHZ: ~30 k, the published hop and strides)
+# same layout rules, few parameters (TINY_24KHZ 214 k, TINY_32KHZ 540 k), the published hop and strides
 TINY_24KHZ = dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32, codebook_size=64, codebook_dim=4)
 TINY_32KHZ = dict(SNAC_32KHZ, encoder_dim=8, decoder_dim=128, codebook_size=64, codebook_dim=4)
 
