@@ -195,7 +195,6 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
                                  "--segment_length / --segment_schedule")
         epochs.append({"epoch": epoch, "seconds": geometry.seconds(tokens), "tokens": tokens,
                        "batch": batch, "steps": sampler.batches_in_epoch(batch), "phase": phase_of(cfg, epoch)})
-    # val utterances shorter than --val_segment_length are validated whole, padded and masked
     # ---- the caches' codes must come from the weights the decoder is trained on (loads the
     # base once, so after every cheaper check)
     base_model, fingerprint = None, None
