@@ -229,6 +229,7 @@ def build_model(cfg: TrainConfig, plan: RunPlan) -> nn.Module:
         model_config = plan.resume_state["model_config"]
         return SNAC48.from_config_dict(model_config) if "base" in model_config else SNAC(**model_config)
     loaded = plan.base_model if plan.base_model is not None else load_model(cfg.pretrained_model)
+    plan.base_model = None  # handed over: the run keeps no second copy (the encoder) alive
     if isinstance(loaded, SNAC48) or cfg.target_sample_rate == plan.base_config["sampling_rate"]:
         return loaded  # continue fine-tuning a 48 kHz model, or the stock decoder at its own rate
     return SNAC48.from_snac(loaded, cfg.target_sample_rate)
