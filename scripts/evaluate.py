@@ -24,25 +24,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snac import SNAC  # noqa: E402
-from snac.audio import AUDIO_EXTENSIONS, load_audio, resample  # noqa: E402
+from snac.audio import AUDIO_EXTENSIONS  # noqa: E402
+from snac.evaluation import evaluate_systems, find_eval_files, scored_band  # noqa: E402,F401 (scored_band: tests)
 from snac.hub import load_model  # noqa: E402
-from snac.infer import codec_config, decode_codes, encode_audio, load_codec_pair, resolve_device  # noqa: E402
-from snac.metrics import all_metrics, optional_metrics_available  # noqa: E402
+from snac.infer import load_codec_pair, resolve_device  # noqa: E402
+from snac.metrics import optional_metrics_available  # noqa: E402
 from snac.presets import DEFAULT_BASE  # noqa: E402
 
 COLUMNS = [("mel_distance", "mel dist. ↓", ".3f"), ("stft_distance", "MR-STFT dist. ↓", ".3f"),
            ("si_sdr", "SI-SDR dB ↑", ".2f"), ("lsd_high_band", "LSD {band} dB ↓", ".2f"),
+           ("high_band_energy_db", "{band} energy dB (0 = right)", ".1f"),
            ("pesq_wb", "PESQ-WB ↑", ".3f"), ("stoi", "STOI ↑", ".3f")]
 
 
@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="encode/decode chunk, bounds memory (default: 30); 0 = whole file in one piece")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the decoders' noise, reseeded per chunk, the same for both systems (default: 0)")
+    p.add_argument("--silence_db", type=float, default=None,
+                   help="leave out of the mel and band metrics the reference's frames more than this many dB "
+                        "below its loudest frame (default: off, every frame counts)")
+    p.add_argument("--min_band_db", type=float, default=None,
+                   help="leave a file out of the band distance when its recording holds less than this share of "
+                        "its energy in the band, dB (a low-passed recording; default: off)")
     p.add_argument("--no_optional", action="store_true", help="skip PESQ/STOI even when installed")
     args = p.parse_args(argv)
     try:
@@ -86,18 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def scored_band(low: float, high: float, source_rate: int, rate: int) -> tuple[float, float] | None:
-    """The part of the band [low, high] that a source at ``source_rate`` has, compared at ``rate``:
-    clipped at the source's (and the comparison's) Nyquist; None when nothing above ``low`` is left."""
-    top = min(high, source_rate / 2, rate / 2)
-    return (low, top) if top > low else None
-
-
-def fit(x: np.ndarray, n: int) -> np.ndarray:
-    """Trim or zero-pad to n samples."""
-    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
-
-
 def failure_notes(failures: dict[str, dict[str, list[str]]], counts: dict[str, int]) -> list[str]:
     """'PESQ-WB failed on 2 of 6 file(s) for model 48 kHz (first: a.wav: NoUtterancesError: ...)'."""
     labels = {k: label.format(band="band") for k, label, _ in COLUMNS}
@@ -107,37 +101,6 @@ def failure_notes(failures: dict[str, dict[str, list[str]]], counts: dict[str, i
             notes.append(f"{labels[metric].split(' ')[0]} failed on {len(items)} of {counts[system]} file(s) "
                          f"for {system}, left out of its mean (first: {items[0]})")
     return notes
-
-
-def mean(values: list) -> float | None:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(np.mean(vals)) if vals else None
-
-
-def spectrogram_png(path: Path, title: str, signals: dict[str, np.ndarray], rate: int, band_low: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_fft, hop = 2048, 512
-    fig, axes = plt.subplots(len(signals), 1, figsize=(10, 2.6 * len(signals)), sharex=True, squeeze=False)
-    window = torch.hann_window(n_fft)
-    for ax, (name, x) in zip(axes[:, 0], signals.items()):
-        spec = torch.stft(torch.as_tensor(x, dtype=torch.float32), n_fft, hop, window=window,
-                          return_complex=True).abs()
-        db = 20 * torch.log10(spec.clamp_min(1e-5)).numpy()
-        extent = (0, len(x) / rate, 0, rate / 2000)
-        ax.imshow(db, origin="lower", aspect="auto", extent=extent, cmap="magma", vmin=-80, vmax=max(0, db.max()))
-        ax.axhline(band_low / 1000, color="cyan", lw=0.6, ls="--")
-        ax.set_ylabel("kHz")
-        ax.set_title(name, fontsize=9, loc="left")
-    axes[-1, 0].set_xlabel("seconds")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def markdown(report: dict) -> str:
@@ -174,9 +137,7 @@ def _main(argv: list[str] | None) -> int:
     root = Path(args.input_dir)
     if not root.is_dir():
         raise SystemExit(f"error: --input_dir {root} is not a folder of audio files")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-    if args.limit:
-        files = files[:args.limit]
+    files = find_eval_files(root, args.limit)
     if not files:
         raise SystemExit(f"error: --input_dir {root} holds no audio ({', '.join(AUDIO_EXTENSIONS)})")
 
@@ -195,49 +156,29 @@ def _main(argv: list[str] | None) -> int:
     if model is not None:
         systems[f"model {model.sampling_rate // 1000} kHz"] = model.to(device)
     rate, (low, high) = args.sample_rate, args.band_hz
-    codec_rate = codec_config(base)["sampling_rate"]
     optional = optional_metrics_available()
     use_optional = not args.no_optional and any(optional.values())
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the hub's weight digest line
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, pngs, notes, seconds, upsampled, no_band, clipped = [], [], [], 0.0, 0, 0, 0
-    failures: dict[str, dict[str, list[str]]] = {name: {} for name in systems}
     start = time.time()
-    for i, path in enumerate(tqdm(files, desc="evaluating", unit="file")):
-        audio, src_rate = load_audio(path, mono=True)
-        if args.max_seconds:
-            audio = audio[:int(args.max_seconds * src_rate)]
-        ref = resample(audio, src_rate, rate)
-        seconds += len(audio) / src_rate
-        # score only the part of the band the source has: none for a 24 kHz source, up to 16 kHz for 32 kHz
-        band = scored_band(low, high, src_rate, rate)
-        no_band += band is None
-        clipped += band is not None and band[1] < high
-        upsampled += src_rate < rate
-        codes = encode_audio(base, resample(audio, src_rate, codec_rate), args.chunk_seconds or None, device=device)
-        decoded = {}
-        for name, system in systems.items():
-            # reseeded per chunk: a SNAC48 and its base draw the same trunk noise on every chunk
-            y = decode_codes(system, codes, args.chunk_seconds or None, device=device, seed=args.seed)
-            decoded[name] = fit(resample(y, system.sampling_rate, rate), len(ref))
-            errors: dict[str, str] = {}
-            m = all_metrics(ref, decoded[name], rate, band, optional=use_optional, errors=errors)
-            for metric, error in errors.items():
-                failures[name].setdefault(metric, []).append(f"{path.relative_to(root)}: {error}")
-            rows.append({"file": str(path.relative_to(root)), "system": name, "source_sample_rate": src_rate,
-                         "band_hz": list(band) if band else None, **m, "errors": errors})
-        if i < args.spectrograms:
-            png = out / "spectrograms" / (str(path.relative_to(root).with_suffix("")).replace("/", "__") + ".png")
-            spectrogram_png(png, str(path.relative_to(root)), {"original": ref, **decoded}, rate, low)
-            pngs.append(str(png.relative_to(out)))
-
+    result = evaluate_systems(files, root, base, systems, rate=rate, band_hz=args.band_hz,
+                              silence_db=args.silence_db, min_band_db=args.min_band_db,
+                              max_seconds=args.max_seconds, chunk_seconds=args.chunk_seconds or None,
+                              seed=args.seed, device=device, optional=use_optional,
+                              spectrograms=args.spectrograms, out_dir=out, progress=tqdm)
+    rows, pngs, failures, seconds = result["rows"], result["spectrograms"], result["failures"], result["seconds"]
+    upsampled, clipped, notes = result["upsampled"], result["clipped"], []
+    no_band = result["no_band"] - result["band_empty"]  # by rate; band_empty: by content
     if upsampled:
         notes.append(f"{upsampled} file(s) had a rate below {rate} Hz and were upsampled for the reference.")
     if no_band:
         notes.append(f"{no_band} file(s) at {2 * low:.0f} Hz or below have nothing above {low:.0f} Hz: "
                      "left out of the band distance.")
+    if result["band_empty"]:
+        notes.append(f"{result['band_empty']} file(s) hold less than {args.min_band_db:g} dB of their energy in the "
+                     "band (low-passed recordings): left out of the band distance.")
     if clipped:
         notes.append(f"{clipped} file(s) have a Nyquist below {high:.0f} Hz: their band distance stops there "
                      "(per-file bands in metrics.json).")
@@ -254,10 +195,10 @@ def _main(argv: list[str] | None) -> int:
         "settings": {"input_dir": str(root), "checkpoint": args.checkpoint, "base_model": base_spec,
                      "sample_rate": rate, "band_hz": [low, high], "band_label": f"{low / 1000:g}-{high / 1000:g} kHz",
                      "files": len(files), "seconds": seconds, "seed": args.seed, "max_seconds": args.max_seconds,
+                     "silence_db": args.silence_db,
                      "elapsed_s": time.time() - start},
-        "mean": {name: {k: mean([r[k] for r in rows if r["system"] == name and k in r]) for k in metric_keys}
-                 for name in systems},
-        "counts": {name: sum(r["system"] == name for r in rows) for name in systems},
+        "mean": {name: {k: result["mean"][name].get(k) for k in metric_keys} for name in systems},
+        "counts": result["counts"],
         "failures": {name: {k: len(v) for k, v in per.items()} for name, per in failures.items()},
         "notes": notes, "spectrograms": pngs, "files": rows,
     }

@@ -244,6 +244,8 @@ def load_model(spec: str | os.PathLike, map_location: str | torch.device = "cpu"
     else:
         config, weights = resolve_pretrained(spec, **hub_kwargs)
         state = load_weights(weights)
+    from . import model as _model, model48 as _model48  # noqa: F401 (they register their classes)
+
     cls = MODEL_CLASSES[model_kind(config)]
     model = cls.from_config_dict(config)
     model.load_state_dict(state, strict=True)

@@ -9,6 +9,12 @@ rate and return a Python float. Lower is better except for SI-SDR, PESQ and STOI
 - ``si_sdr``: scale-invariant signal-to-distortion ratio in dB.
 - ``band_lsd``: log-spectral distance (dB, RMS over bins, mean over frames) restricted to a band,
   by default the 12-24 kHz band that a 48 kHz decoder adds over a 24 kHz one.
+- ``band_energy_db``: that band's energy in the estimate relative to the reference (dB; 0 is right,
+  very negative is "muffled", positive is hiss or ringing).
+
+``silence_db`` (mel distance, band LSD, band energy): frames of the reference quieter than its loudest
+frame by more than this many dB are left out, so silence between words (where any decoder is near
+right, and resampler leakage is as loud as the real band) does not dilute or dominate the figure.
 - ``pesq_wb`` / ``stoi``: at 16 kHz through the optional packages ``pesq`` and ``pystoi``
   (``uv sync --extra eval``); None when the package is missing.
 
@@ -55,14 +61,28 @@ def _mel_fbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
                               norm="slaney", mel_scale="slaney")  # (freqs, n_mels)
 
 
-def mel_distance(ref, est, sample_rate: int) -> float:
-    """Mean absolute difference of log10 mel spectrograms, averaged over ``MEL_RESOLUTIONS``."""
+def active_frames(ref_magnitude: torch.Tensor, silence_db: float | None) -> torch.Tensor:
+    """(bins, frames) magnitude of the reference -> (frames,) bool: the frames whose energy is within
+    ``silence_db`` dB of the loudest frame (all of them when ``silence_db`` is None; never none)."""
+    energy = ref_magnitude.double().pow(2).sum(0)
+    if silence_db is None:
+        return torch.ones_like(energy, dtype=torch.bool)
+    keep = energy >= energy.max() * 10 ** (-silence_db / 10)
+    keep[energy.argmax()] = True  # a silent file still has one frame to score
+    return keep
+
+
+def mel_distance(ref, est, sample_rate: int, silence_db: float | None = None) -> float:
+    """Mean absolute difference of log10 mel spectrograms, averaged over ``MEL_RESOLUTIONS``,
+    over the reference's non-silent frames when ``silence_db`` is given."""
     ref, est = _pair(ref, est)
     total = 0.0
     for n_fft, hop, n_mels in MEL_RESOLUTIONS:
         fb = _mel_fbank(n_fft, n_mels, sample_rate)
-        mr = (_magnitude(ref, n_fft, hop).T @ fb).clamp_min(EPS).log10()  # (frames, n_mels)
-        me = (_magnitude(est, n_fft, hop).T @ fb).clamp_min(EPS).log10()
+        sr = _magnitude(ref, n_fft, hop)
+        keep = active_frames(sr, silence_db)
+        mr = (sr.T @ fb).clamp_min(EPS).log10()[keep]  # (frames kept, n_mels)
+        me = (_magnitude(est, n_fft, hop).T @ fb).clamp_min(EPS).log10()[keep]
         total += (mr - me).abs().mean().item()
     return total / len(MEL_RESOLUTIONS)
 
@@ -91,19 +111,29 @@ def si_sdr(ref, est) -> float:
     return (10 * torch.log10(target.pow(2).sum().clamp_min(1e-20) / noise.pow(2).sum().clamp_min(1e-20))).item()
 
 
-def band_lsd(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float | None = 24000.0,
-             n_fft: int = 2048) -> float:
-    """Log-spectral distance (dB) over the bins in [low_hz, high_hz]: per frame the RMS over bins of
-    10*log10(P_ref / P_est), then the mean over frames. Frames where the reference band is silent
-    (below -100 dB of the loudest frame) are skipped: there is nothing there to reproduce."""
+def _band_powers(ref, est, sample_rate: int, low_hz: float, high_hz: float | None, n_fft: int,
+                 silence_db: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (P_ref, P_est): (bins in [low_hz, high_hz], non-silent frames) power spectra, float64."""
     ref, est = _pair(ref, est)
     high_hz = sample_rate / 2 if high_hz is None else min(high_hz, sample_rate / 2)
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
     band = (freqs >= low_hz) & (freqs <= high_hz)
     if not band.any():
         raise ValueError(f"no FFT bin in [{low_hz}, {high_hz}] Hz at {sample_rate} Hz")
-    pr = _magnitude(ref, n_fft, n_fft // 4)[band].pow(2).double()  # (bins, frames)
-    pe = _magnitude(est, n_fft, n_fft // 4)[band].pow(2).double()
+    mr = _magnitude(ref, n_fft, n_fft // 4)
+    keep = active_frames(mr, silence_db)
+    pr = mr[band][:, keep].pow(2).double()  # (bins, frames)
+    pe = _magnitude(est, n_fft, n_fft // 4)[band][:, keep].pow(2).double()
+    return pr, pe
+
+
+def band_lsd(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float | None = 24000.0,
+             n_fft: int = 2048, silence_db: float | None = None) -> float:
+    """Log-spectral distance (dB) over the bins in [low_hz, high_hz]: per frame the RMS over bins of
+    10*log10(P_ref / P_est), then the mean over frames. Frames where the reference band is silent
+    (below -100 dB of the loudest frame) are skipped: there is nothing there to reproduce; with
+    ``silence_db`` so are the frames where the whole reference is silent."""
+    pr, pe = _band_powers(ref, est, sample_rate, low_hz, high_hz, n_fft, silence_db)
     floor = 1e-10
     frame_energy = pr.mean(0)
     keep = frame_energy > frame_energy.max() * 1e-10
@@ -111,6 +141,30 @@ def band_lsd(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float
         return float("nan")
     diff = 10 * (pr[:, keep] + floor).log10() - 10 * (pe[:, keep] + floor).log10()
     return diff.pow(2).mean(0).sqrt().mean().item()
+
+
+def band_energy_db(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float | None = 24000.0,
+                   n_fft: int = 2048, silence_db: float | None = None) -> float:
+    """10*log10(band energy of est / band energy of ref) over the bins in [low_hz, high_hz] (and the
+    reference's non-silent frames with ``silence_db``): 0 dB is the right level, -30 dB is a decoder
+    with next to nothing in the band. NaN when the reference has no energy there."""
+    pr, pe = _band_powers(ref, est, sample_rate, low_hz, high_hz, n_fft, silence_db)
+    ref_energy = pr.sum().item()
+    if ref_energy <= 0:
+        return float("nan")
+    return 10 * math.log10(max(pe.sum().item(), 1e-30) / ref_energy)
+
+
+def band_share_db(ref, sample_rate: int, low_hz: float, high_hz: float | None, n_fft: int = 2048,
+                  silence_db: float | None = None) -> float:
+    """10*log10(energy of ``ref`` in [low_hz, high_hz] / its whole energy), over its non-silent frames
+    with ``silence_db``: how much of the band a recording really holds (a 44.1 kHz file low-passed at
+    8 kHz has a Nyquist of 22 kHz and next to nothing above 12 kHz: around -70 dB here)."""
+    x = _tensor(ref)
+    pr, _ = _band_powers(x, x, sample_rate, low_hz, high_hz, n_fft, silence_db)
+    mag = _magnitude(x, n_fft, n_fft // 4)
+    total = mag[:, active_frames(mag, silence_db)].double().pow(2).sum().item()
+    return 10 * math.log10(max(pr.sum().item(), 1e-30) / total) if total > 0 else float("-inf")
 
 
 def _at_16k(x: torch.Tensor, sample_rate: int) -> np.ndarray:
@@ -153,17 +207,22 @@ def optional_metrics_available() -> dict[str, bool]:
 
 
 def all_metrics(ref, est, sample_rate: int, band_hz: tuple[float, float] | None = (12000.0, 24000.0),
-                optional: bool = True, errors: dict[str, str] | None = None) -> dict[str, float | None]:
+                optional: bool = True, errors: dict[str, str] | None = None,
+                silence_db: float | None = None) -> dict[str, float | None]:
     """Every metric of this module as a dict (``pesq_wb``/``stoi`` None when unavailable).
 
-    ``band_hz=None`` leaves ``lsd_high_band`` out (None): the reference has no such band. A metric
+    ``band_hz=None`` leaves ``lsd_high_band`` and ``high_band_energy_db`` out (None): the reference
+    has no such band. ``silence_db`` applies to the mel distance and the band metrics. A metric
     that raises is None in the result and its error (``"Type: first line"``) is put in ``errors``
     when a dict is given; without one the exception propagates.
     """
-    metrics = {"mel_distance": lambda: mel_distance(ref, est, sample_rate),
+    metrics = {"mel_distance": lambda: mel_distance(ref, est, sample_rate, silence_db),
                "stft_distance": lambda: stft_distance(ref, est),
                "si_sdr": lambda: si_sdr(ref, est),
-               "lsd_high_band": lambda: None if band_hz is None else band_lsd(ref, est, sample_rate, *band_hz)}
+               "lsd_high_band": lambda: None if band_hz is None else band_lsd(
+                   ref, est, sample_rate, *band_hz, silence_db=silence_db),
+               "high_band_energy_db": lambda: None if band_hz is None else band_energy_db(
+                   ref, est, sample_rate, *band_hz, silence_db=silence_db)}
     if optional:
         metrics["pesq_wb"] = lambda: pesq_wb(ref, est, sample_rate)
         metrics["stoi"] = lambda: stoi(ref, est, sample_rate)

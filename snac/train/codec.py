@@ -79,6 +79,8 @@ class CodecConfig:
     seed: int = _opt(1234, "seed of the weights, windows and model noise: same seed -> same run")
     # ---- schedule ----
     max_steps: int = _opt(100000, "train until this iteration (a resumed run continues to it)")
+    max_minutes: float | None = _opt(None, "stop after this many minutes of training in this process (saves, "
+                                           "exports, exits 0; the lr decay is per step, so nothing is cut)")
     batch_size: int = _opt(8, "windows per step per rank")
     segment_length: float = _opt(0.5, "window in seconds (rounded to whole pad multiples of the model, >= 1)")
     learning_rate: float = _opt(1e-4, "initial AdamW lr of the codec (DAC: 1e-4)")
@@ -123,6 +125,7 @@ def check_codec_config(cfg: CodecConfig) -> None:
     need(not (cfg.model_config and cfg.pretrained_model),
          "--model_config and --pretrained_model both given: the pretrained model brings its own config; drop one")
     need(cfg.max_steps >= 0, f"--max_steps must be >= 0, got {cfg.max_steps}")
+    need(cfg.max_minutes is None or cfg.max_minutes > 0, f"--max_minutes must be > 0, got {cfg.max_minutes}")
     need(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
     need(cfg.segment_length > 0, f"--segment_length must be > 0 seconds, got {cfg.segment_length}")
     need(0 < cfg.lr_gamma <= 1, f"--lr_gamma must be in (0, 1], got {cfg.lr_gamma}")
@@ -435,7 +438,8 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
              f"x {dist_info.world_size}; {cfg.max_steps} iterations; threads {torch.get_num_threads()}")
     if adversary is not None:
         log.line(f"adversarial: {adversary.describe()}")
-    last_save, last_saved_it = clock(), (run.iteration if resume_path is not None else -1)
+    started = last_save = clock()
+    last_saved_it = run.iteration if resume_path is not None else -1
     meter = Throughput(clock, run.iteration)
 
     # ---- steps
@@ -444,10 +448,11 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
         lr = set_lrs(cfg, optimizer, adversary, run.iteration)
         audio, mask = (t.to(device) for t in data.sample(cfg.batch_size))
         metrics, finite, codes, z = codec_step(step_model, audio, mask, cfg, rate, params, adversary, autocast)
-        timer_due = (dist_info.is_main and cfg.checkpoint_minutes > 0
-                     and clock() - last_save >= cfg.checkpoint_minutes * 60)
-        flags = torch.tensor([float(not finite), float(stop.signum is not None), float(timer_due)])
-        bad, stop_now, timer_due = agree_any(flags.to(device))
+        now = clock()  # the clocks are read on rank 0 only; the flags are agreed
+        timer_due = dist_info.is_main and cfg.checkpoint_minutes > 0 and now - last_save >= cfg.checkpoint_minutes * 60
+        out_of_time = dist_info.is_main and cfg.max_minutes is not None and now - started >= cfg.max_minutes * 60
+        flags = torch.tensor([float(not finite), float(stop.signum is not None), float(timer_due), float(out_of_time)])
+        bad, stop_now, timer_due, out_of_time = agree_any(flags.to(device))
         if bad:
             run.bad_in_row, run.bad_total = run.bad_in_row + 1, run.bad_total + 1
         else:
@@ -479,6 +484,9 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
         if stop_now:
             result = "stopped"
             log.line("stop signal received: saving and exiting")
+            break
+        if out_of_time:
+            log.line(f"time limit reached (--max_minutes {cfg.max_minutes:g}) at iteration {run.iteration}")
             break
 
     # ---- exit: latest.pt and the plain SNAC export

@@ -59,6 +59,8 @@ class TrainConfig:
               '1-based inclusive; epochs it does not cover use --segment_length and --batch_size')
     val_segment_length: float = _opt(4.0, "fixed window of every validation item (seconds)")
     max_steps: int | None = _opt(None, "stop after this many iterations (smoke runs, benchmarks)")
+    max_minutes: float | None = _opt(None, "stop after this many minutes of training in this process (saves "
+                                           "latest.pt, exits 0; the LR curve is not shortened: a budget, not a plan)")
     # ---- loss ----
     l1_weight: float = _opt(1.0, "weight of the waveform L1 loss")
     stft_weight: float = _opt(1.0, "weight of the multi-scale STFT loss")
@@ -290,6 +292,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.log_every >= 1, f"--log_every must be >= 1, got {cfg.log_every}")
     need(cfg.limit is None or cfg.limit >= 1, f"--limit must be >= 1, got {cfg.limit}")
     need(cfg.max_steps is None or cfg.max_steps >= 1, f"--max_steps must be >= 1, got {cfg.max_steps}")
+    need(cfg.max_minutes is None or cfg.max_minutes > 0, f"--max_minutes must be > 0, got {cfg.max_minutes}")
     need(cfg.num_workers >= 0, f"--num_workers must be >= 0, got {cfg.num_workers}")
     need(cfg.target_sample_rate > 0, f"--target_sample_rate must be positive, got {cfg.target_sample_rate}")
     need(cfg.precision in (None, "bf16", "fp32"), f"--precision must be bf16 or fp32, got {cfg.precision!r}")

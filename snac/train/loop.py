@@ -67,6 +67,7 @@ class Bookkeeping:
     last_save_time: float
     last_saved_iteration: int
     last_val_iteration: int = -1
+    start_time: float = 0.0  # when this process began training (--max_minutes counts from here)
 
 
 def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: torch.device,
@@ -97,12 +98,13 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
             log.line(f"no checkpoint in {run.out}: starting fresh")
         seed_fresh_run(cfg, dist_info.rank)
     log_model(run, state)
-    book = Bookkeeping(clock(), state.iteration if plan.resume_path is not None else -1)
+    book = Bookkeeping(clock(), state.iteration if plan.resume_path is not None else -1, start_time=clock())
     meter = Throughput(clock, state.iteration)
 
     # ---- epochs
-    result, step_model, params, epoch_info = "finished", None, [], {}
-    while state.sampler.epoch < cfg.epochs and result == "finished" and not reached_max_steps(cfg, state):
+    result, step_model, params, epoch_info, out_of_time = "finished", None, [], {}, False
+    while (state.sampler.epoch < cfg.epochs and result == "finished" and not out_of_time
+           and not reached_max_steps(cfg, state)):
         epoch_info = plan.epochs[state.sampler.epoch]
         state.sampler.configure(epoch_info["tokens"], epoch_info["batch"], plan.geometry.token_multiple)
         if epoch_info["phase"] != state.phase or step_model is None:
@@ -118,7 +120,7 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
                 metrics, finite = adversary.train_step(step_model, to_device(batch, device), cfg, params, autocast)
             else:
                 metrics, finite = train_step(step_model, to_device(batch, device), cfg, params, autocast)
-            bad, stop_now, timer_due = agree_on_step(run, book, stop, finite)
+            bad, stop_now, timer_due, out_of_time = agree_on_step(run, book, stop, finite)
             lr = state.optimizer.param_groups[0]["lr"]  # the lr this step uses
             apply_update(state, bad)
             state.iteration += 1
@@ -142,6 +144,9 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
                 save(run, state, book, epoch_info, ["latest.pt"])
             if stop_now:
                 result = "stopped"
+                break
+            if out_of_time:
+                log.line(f"time limit reached (--max_minutes {cfg.max_minutes:g}) at iteration {state.iteration}")
                 break
             if reached_max_steps(cfg, state):
                 break
@@ -189,12 +194,16 @@ def enter_phase(run: Run, state: TrainState, phase: str) -> tuple[torch.nn.Modul
 
 
 def agree_on_step(run: Run, book: Bookkeeping, stop: StopFlag, finite: torch.Tensor) -> list[bool]:
-    """[skip this step (non-finite anywhere), stop after it (a signal anywhere), timer save due]:
-    the step's one host sync. The timer is read on rank 0 only (clocks differ between hosts)."""
+    """[skip this step (non-finite anywhere), stop after it (a signal anywhere), timer save due,
+    --max_minutes used up]: the step's one host sync. The clocks are read on rank 0 only (clocks
+    differ between hosts)."""
     cfg = run.cfg
+    now = run.clock()
     timer_due = (run.dist_info.is_main and cfg.checkpoint_minutes > 0
-                 and run.clock() - book.last_save_time >= cfg.checkpoint_minutes * 60)
-    host_flags = torch.tensor([float(stop.signum is not None), float(timer_due)])
+                 and now - book.last_save_time >= cfg.checkpoint_minutes * 60)
+    out_of_time = (run.dist_info.is_main and cfg.max_minutes is not None
+                   and now - book.start_time >= cfg.max_minutes * 60)
+    host_flags = torch.tensor([float(stop.signum is not None), float(timer_due), float(out_of_time)])
     flags = torch.cat([(~finite).float().reshape(1), host_flags.to(run.device, non_blocking=True)])
     return agree_any(flags)
 

@@ -1,0 +1,347 @@
+#!/usr/bin/env python
+"""Does a fine-tuned 48 kHz decoder sound better than the stock one? The experiment in one command.
+
+    uv run python scripts/quality_check.py --train_dir SPEECH --val_dir SPEECH_VAL \\
+        --output_dir runs/quality --device cpu                       # the shipped base, ~20-30 min on 2 cores
+    ... --base_model hubertsiuzdak/snac_24khz --device 0 --finetune_minutes 60    # the published model
+    ... --base_minutes 20                                            # train a new base on --train_dir first
+
+Stages, each the real script run as a subprocess (its output in OUTPUT_DIR/logs/<stage>.log):
+
+1. base      the shipped base codec (models/klettres_24khz, trained here on real speech), or
+             --base_model, or (--base_minutes > 0) scripts/train_codec.py on --train_dir for that long
+             from random weights of --base_config; saved to OUTPUT_DIR/base_model either way.
+2. cache     cache_codes_multigpu.py: the base's codes of --train_dir and --val_dir at 48 kHz.
+3. finetune  finetune_decoder_48khz.py from SNAC48's smart initialisation with each recipe: first the
+             adversarial one (--adversarial: mel + discriminators) for --finetune_minutes, then the
+             seed recipe (L1 + multi-scale STFT) for exactly as many iterations; same seed, data, plan
+             and LR curve (--finetune_steps N: both run N iterations, no time limit).
+4. evaluate  every system decodes the base's codes of every --val_dir file (snac/evaluation.py, the
+             loop scripts/evaluate.py uses): 'baseline' (the base's 24 kHz decode resampled to 48 kHz:
+             no top octave), 'smart_init' (SNAC48 at step 0), 'seed_recipe', 'adversarial_recipe'
+             (each run's final weights). Reference frames more than --silence_db below the file's
+             loudest are left out. Also the base's own mel distance on its codes, on the same codes
+             shuffled in time (the control that shows the codes carry information) and at random init.
+
+Writes OUTPUT_DIR/results.json, results.md (the table, also printed), spectrograms/ (the first three
+val files, every system), audio/<system>/<relative path>.wav (every system's 48 kHz decode) and
+base_model/ (SNAC.from_pretrained). A rerun of the same command skips the stages already done
+(stages.json); another command on the same OUTPUT_DIR is refused (pass a new one, or --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHIPPED_BASE = ROOT / "models" / "klettres_24khz"  # trained with scripts/train_codec.py; see its README.md
+SYSTEMS = ("baseline", "smart_init", "seed_recipe", "adversarial_recipe")
+RECIPE_CONFIGS = {"seed_recipe": ROOT / "configs" / "quality_cpu.json",
+                  "adversarial_recipe": ROOT / "configs" / "quality_cpu_gan.json"}
+COLUMNS = [("mel_distance", "mel dist. ↓", ".3f"), ("lsd_high", "LSD {band} dB ↓", ".2f"),
+           ("high_band_energy_db", "{band} energy dB (0 = right)", "+.1f"), ("stft_distance", "MR-STFT ↓", ".3f"),
+           ("si_sdr", "SI-SDR dB ↑", ".2f")]
+MARKER = "stages.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_dir", required=True, help="training speech (any rate/channels), searched recursively")
+    p.add_argument("--val_dir", required=True, help="held-out speech (ideally other speakers/languages), for "
+                                                    "validation and the evaluation")
+    p.add_argument("--output_dir", default="runs/quality", help="everything goes here (default: runs/quality)")
+    p.add_argument("--device", default=None, help="GPU index or 'cpu' (default: 0 when CUDA exists, else cpu)")
+    p.add_argument("--base_model", default=None,
+                   help=f"base SNAC (dir or hub id) instead of the shipped one ({SHIPPED_BASE.relative_to(ROOT)})")
+    p.add_argument("--base_minutes", type=float, default=0.0,
+                   help="> 0: train a new base on --train_dir for this many minutes instead (default: 0)")
+    p.add_argument("--base_config", default=None,
+                   help="model config (preset or JSON) of a base trained here (default: the shipped base's)")
+    p.add_argument("--finetune_minutes", type=float, default=8.0,
+                   help="time of the adversarial fine-tune; the seed recipe then runs as many iterations "
+                        "(default: 8)")
+    p.add_argument("--finetune_steps", type=int, default=None,
+                   help="both recipes run exactly this many iterations instead (no time limit)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of each fine-tune's plan, the first head-only "
+                                                         "(default: 3; the time limit may end it sooner)")
+    p.add_argument("--finetune_flags", default="",
+                   help="extra finetune_decoder_48khz.py flags for both recipes, e.g. '--batch_size 16'")
+    p.add_argument("--silence_db", type=float, default=40.0,
+                   help="evaluation leaves out reference frames this many dB below the file's loudest (default: 40)")
+    p.add_argument("--band", default="12000,22000",
+                   help="band of the LSD and band energy, Hz; clipped at each source's Nyquist (default: 12000,22000)")
+    p.add_argument("--min_band_db", type=float, default=-50.0,
+                   help="a val file whose recording holds less than this share of its energy in the band (dB) is "
+                        "left out of the band metrics: many recordings are low-passed far below their Nyquist "
+                        "(default: -50)")
+    p.add_argument("--val_limit", type=int, default=None, help="evaluate the first N val files only")
+    p.add_argument("--max_seconds", type=float, default=None, help="evaluate the first S seconds of each file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the trainings and the decoders' noise (default: 0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per stage on CPU (default: 1; more threads on 2 shared cores ran 3-5x slower)")
+    p.add_argument("--overwrite", action="store_true", help="delete OUTPUT_DIR's earlier results first")
+    args = p.parse_args(argv)
+    try:
+        low, high = (float(v) for v in args.band.split(","))
+    except ValueError:
+        p.error(f"--band must be two numbers 'low,high' in Hz, got {args.band!r}")
+    if not 0 <= low < high:
+        p.error(f"--band {args.band}: need 0 <= low < high")
+    if args.base_minutes < 0 or args.finetune_minutes <= 0 or args.epochs < 2 or args.threads < 1:
+        p.error("--base_minutes must be >= 0, --finetune_minutes > 0, --epochs >= 2, --threads >= 1")
+    if args.finetune_steps is not None and args.finetune_steps < 1:
+        p.error(f"--finetune_steps must be >= 1, got {args.finetune_steps}")
+    if args.base_model and args.base_minutes > 0:
+        p.error("--base_model and --base_minutes both given: use a base, or train one; drop one")
+    for flag in ("train_dir", "val_dir"):
+        if not Path(getattr(args, flag)).is_dir():
+            p.error(f"--{flag} {getattr(args, flag)} is not a folder of audio")
+    base = args.base_model or (None if args.base_minutes > 0 else SHIPPED_BASE)
+    if base == SHIPPED_BASE and not (SHIPPED_BASE / "config.json").is_file():
+        p.error(f"the shipped base {SHIPPED_BASE} is missing (a partial checkout?); pass --base_model or --base_minutes")
+    args.band_hz = (low, high)
+    return args
+
+
+# ================================================================================ stages
+class Stages:
+    """Run the stages as subprocesses, time them, and remember the finished ones (stages.json)."""
+
+    def __init__(self, out: Path, args: argparse.Namespace):
+        self.out, self.logs = out, out / "logs"
+        self.settings = {k: v for k, v in vars(args).items() if k not in ("overwrite", "band_hz")}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
+        self.record = {"settings": self.settings, "stages": {}}
+        path = out / MARKER
+        if path.is_file():
+            earlier = json.loads(path.read_text())
+            if earlier.get("settings") != self.settings:
+                raise SystemExit(f"error: {out} holds a quality check of other settings; pass a new --output_dir "
+                                 "or --overwrite")
+            self.record = earlier
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def done(self, stage: str) -> dict | None:
+        return self.record["stages"].get(stage)
+
+    def finish(self, stage: str, seconds: float, **info) -> None:
+        self.record["stages"][stage] = {"seconds": seconds, **info}
+        tmp = self.out / (MARKER + ".tmp")
+        tmp.write_text(json.dumps(self.record, indent=2) + "\n")
+        os.replace(tmp, self.out / MARKER)
+
+    def run(self, stage: str, args: list) -> float:
+        """One real script with this interpreter; returns its wall time. Fails with the log's tail."""
+        cmd = [sys.executable, *map(str, args)]
+        log = self.logs / f"{stage}.log"
+        print(f"[{stage}] $ python {' '.join(map(str, args))}\n    log: {log}", flush=True)
+        t = time.time()
+        with open(log, "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n")
+            f.flush()
+            code = subprocess.run(cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT).returncode
+        elapsed = time.time() - t
+        if code != 0:
+            tail = "\n".join(log.read_text().strip().splitlines()[-12:])
+            raise SystemExit(f"error: stage '{stage}' failed (exit {code}) after {elapsed:.0f} s; see {log}\n{tail}")
+        print(f"    {elapsed:.0f} s", flush=True)
+        return elapsed
+
+
+def stage_base(st: Stages, args: argparse.Namespace) -> Path:
+    """The base codec in OUTPUT_DIR/base_model."""
+    from snac import SNAC
+
+    target = st.out / "base_model"
+    if st.done("base"):
+        return target
+    t = time.time()
+    if args.base_minutes > 0:
+        config = args.base_config or str(SHIPPED_BASE / "config.json")
+        st.run("base", ["scripts/train_codec.py", "--audio_dir", args.train_dir, "--output_dir", st.out / "base_run",
+                        "--model_config", config, "--export", target, "--max_minutes", args.base_minutes,
+                        "--no-adversarial", "--reseed_dead_codes", 50, "--learning_rate", 5e-4,
+                        "--seed", args.seed, "--resume", "auto", *device_flag(args, "--device")])
+        source = f"trained here: scripts/train_codec.py on {args.train_dir} for {args.base_minutes:g} min"
+    else:
+        spec = args.base_model or SHIPPED_BASE
+        try:
+            base = SNAC.from_pretrained(spec)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"error: --base_model {spec}: cannot load a SNAC ({e})") from e
+        base.save_pretrained(target)
+        source = str(spec)
+    st.finish("base", time.time() - t, source=source)
+    return target
+
+
+def device_flag(args: argparse.Namespace, name: str) -> list:
+    return [name, args.device] if args.device is not None else []
+
+
+def stage_cache(st: Stages, args: argparse.Namespace, base: Path) -> dict[str, Path]:
+    caches = {part: st.out / "cache" / part for part in ("train", "val")}
+    if not st.done("cache"):
+        t = time.time()
+        devices = ["--devices", "cpu" if args.device == "cpu" else args.device] if args.device is not None else []
+        for part, folder in (("train", args.train_dir), ("val", args.val_dir)):
+            st.run(f"cache_{part}", ["cache_codes_multigpu.py", "--input_dir", folder, "--output_dir", caches[part],
+                                     "--pretrained_model", base, "--target_sample_rate", 48000, *devices])
+        st.finish("cache", time.time() - t)
+    return caches
+
+
+def finetune_command(args: argparse.Namespace, recipe: str, base: Path, caches: dict, run_dir: Path) -> list:
+    return ["finetune_decoder_48khz.py", "--config", RECIPE_CONFIGS[recipe], "--pretrained_model", base,
+            "--train_codes", caches["train"], "--val_codes", caches["val"], "--output_dir", run_dir,
+            "--epochs", args.epochs, "--seed", args.seed, "--resume", "auto", *device_flag(args, "--device"),
+            *args.finetune_flags.split()]
+
+
+def stage_finetune(st: Stages, args: argparse.Namespace, base: Path, caches: dict) -> dict[str, Path]:
+    """Adversarial first (time-limited), then the seed recipe for the same number of iterations."""
+    runs = {recipe: st.out / "runs" / recipe for recipe in RECIPE_CONFIGS}
+    steps = args.finetune_steps
+    for recipe in ("adversarial_recipe", "seed_recipe"):
+        if st.done(recipe):
+            steps = st.done(recipe)["iterations"]
+            continue
+        cmd = finetune_command(args, recipe, base, caches, runs[recipe])
+        if steps is None:  # the first recipe sets the number of iterations by its time budget
+            cmd += ["--max_minutes", args.finetune_minutes]
+        else:
+            cmd += ["--max_steps", steps]
+        elapsed = st.run(recipe, cmd)
+        status = json.loads((runs[recipe] / "status.json").read_text())
+        if steps is not None and status["iteration"] != steps:
+            raise SystemExit(f"error: {recipe} stopped at iteration {status['iteration']}, not {steps}: the plan "
+                             f"(--epochs {args.epochs}) is shorter; pass more --epochs")
+        steps = status["iteration"]
+        st.finish(recipe, elapsed, iterations=steps, checkpoint=str(runs[recipe] / "latest.pt"))
+    return {recipe: runs[recipe] / "latest.pt" for recipe in runs}
+
+
+def stage_evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpoints: dict) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from snac import SNAC, SNAC48
+    from snac.evaluation import codes_information, evaluate_systems, find_eval_files
+    from snac.hub import load_model
+    from snac.infer import resolve_device
+
+    t = time.time()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    base = SNAC.from_pretrained(base_dir).to(device).eval()
+    systems = {"baseline": base, "smart_init": SNAC48.from_snac(base).to(device).eval()}
+    for recipe, path in checkpoints.items():
+        systems[recipe] = load_model(path).to(device).eval()
+    systems = {name: systems[name] for name in SYSTEMS}
+    files = find_eval_files(args.val_dir, args.val_limit)
+    if not files:
+        raise SystemExit(f"error: --val_dir {args.val_dir} holds no audio")
+    root = Path(args.val_dir)
+    with torch.no_grad():
+        result = evaluate_systems(files, root, base, systems, rate=48000, band_hz=args.band_hz,
+                                  silence_db=args.silence_db, min_band_db=args.min_band_db,
+                                  max_seconds=args.max_seconds, seed=args.seed,
+                                  device=device, spectrograms=3, out_dir=st.out, audio_dir=st.out / "audio",
+                                  progress=tqdm)
+        info = codes_information(base, files, silence_db=args.silence_db, max_seconds=args.max_seconds,
+                                 seed=args.seed, device=device)
+        torch.manual_seed(args.seed)  # train_codec.py's initialisation of the same config
+        init = codes_information(SNAC(**base.config).to(device).eval(), files, silence_db=args.silence_db,
+                                 max_seconds=args.max_seconds, seed=args.seed, device=device)
+    st.finish("evaluate", time.time() - t)
+    return {"result": result, "base_own": info["own"], "base_shuffled": info["shuffled"], "base_init": init["own"],
+            "files": len(files)}
+
+
+# ================================================================================ report
+def build_results(st: Stages, args: argparse.Namespace, ev: dict) -> dict:
+    result = ev["result"]
+    systems = []
+    for name in SYSTEMS:
+        m = result["mean"][name]
+        systems.append({"system": name, "mel_distance": m.get("mel_distance"), "lsd_high": m.get("lsd_high_band"),
+                        "high_band_energy_db": m.get("high_band_energy_db"),
+                        "stft_distance": m.get("stft_distance"), "si_sdr": m.get("si_sdr"),
+                        "files": result["counts"][name],
+                        "iterations": {"baseline": None, "smart_init": 0}.get(name, (st.done(name) or {}).get("iterations"))})
+    stages = {name: rec["seconds"] for name, rec in st.record["stages"].items()}
+    return {"systems": systems, "base_mel_distance_init": ev["base_init"],
+            "base_mel_distance_trained": ev["base_own"], "base_mel_distance_shuffled": ev["base_shuffled"],
+            "stages": stages, "base_model": st.done("base")["source"],
+            "settings": {**st.settings, "band_hz": list(args.band_hz), "val_files": ev["files"],
+                         "val_seconds": result["seconds"], "comparison_rate": 48000,
+                         "band_files": ev["files"] - result["no_band"], "band_empty_files": result["band_empty"]},
+            "failures": {k: {m: len(v) for m, v in per.items()} for k, per in result["failures"].items()},
+            "spectrograms": result["spectrograms"]}
+
+
+def markdown(results: dict) -> str:
+    s = results["settings"]
+    band = f"{s['band_hz'][0] / 1000:g}-{s['band_hz'][1] / 1000:g} kHz"
+    header = ["system", "iterations"] + [label.format(band=band) for _, label, _ in COLUMNS]
+    lines = ["# Quality check", "",
+             f"Base codec: {results['base_model']}. {s['val_files']} val files ({s['val_seconds']:.0f} s) from "
+             f"`{s['val_dir']}`, compared at 48 kHz; reference frames more than {s['silence_db']:g} dB below "
+             f"each file's loudest left out. The band metrics score the {s['band_files']} files whose recording "
+             f"holds at least {s['min_band_db']:g} dB of its energy in the band ({s['band_empty_files']} hold less: "
+             "low-passed recordings), clipped at each source's Nyquist.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results["systems"]:
+        it = "-" if row["iterations"] is None else str(row["iterations"])
+        cells = [row["system"], it] + ["n/a" if row.get(k) is None else format(row[k], f) for k, _, f in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    own, shuf, init = (results[k] for k in ("base_mel_distance_trained", "base_mel_distance_shuffled",
+                                            "base_mel_distance_init"))
+    gain = (1 - own / shuf) * 100 if own is not None and shuf else float("nan")
+    lines += ["", f"Base codec at its own rate, mel distance: {own:.3f} with its codes, {shuf:.3f} with the same "
+                  f"codes shuffled in time ({gain:.0f}% lower with the real order: the codes carry information"
+                  f"{'' if gain >= 30 else ' only weakly'}), {init:.3f} at random initialisation.", "",
+              "Stage wall times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["stages"].items()) + "."]
+    failures = {k: v for k, v in results["failures"].items() if v}
+    if failures:
+        lines += ["", f"Metric failures (files left out of those means): {failures}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.output_dir).resolve()
+    if args.overwrite and out.exists():
+        if any(out.iterdir()) and not (out / MARKER).is_file():
+            raise SystemExit(f"error: --overwrite: {out} is not a quality-check folder; not deleting it")
+        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise SystemExit(f"error: {out} exists and is not a quality-check folder; pass another --output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    st = Stages(out, args)
+    start = time.time()
+    base = stage_base(st, args)
+    caches = stage_cache(st, args, base)
+    checkpoints = stage_finetune(st, args, base, caches)
+    ev = stage_evaluate(st, args, base, checkpoints)
+    results = build_results(st, args, ev)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = markdown(results)
+    (out / "results.md").write_text(md + "".join(f"\n![{Path(p).stem}]({p})\n" for p in results["spectrograms"]))
+    print("\n" + md)
+    print(f"done in {(time.time() - start) / 60:.1f} min; {out / 'results.json'}, {out / 'results.md'}, "
+          f"{out / 'audio'}, {out / 'spectrograms'}, {out / 'base_model'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
