@@ -180,6 +180,26 @@ def test_iteration_and_timer_checkpoints_with_rotation(audio_dir, tmp_path):
         assert line in log
 
 
+def test_max_minutes_stops_saves_and_exports(audio_dir, tmp_path, monkeypatch):
+    """35 s steps, --max_minutes 1: the budget is used up after step 2; latest.pt and the export hold it."""
+    import snac.train.codec as codec
+
+    now = [0.0]
+    real_step = codec.codec_step
+
+    def step_35_seconds(*args, **kwargs):
+        now[0] += 35.0
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(codec, "codec_step", step_35_seconds)
+    cfg = resolve_codec_config(["--audio_dir", str(audio_dir), "--output_dir", str(tmp_path / "run"), *TINY_FLAGS,
+                                "--max_steps", "50", "--max_minutes", "1", "--no-adversarial"])
+    assert run_codec_training(cfg, clock=lambda: now[0]) == 0
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["iteration"] == 2
+    assert "time limit reached (--max_minutes 1) at iteration 2" in (tmp_path / "run" / "training.log").read_text()
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
 def test_bad_model_config_and_pretrained_fail_with_one_line(audio_dir, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert train(audio_dir, tmp_path / "a", "--model_config", str(tmp_path / "bad.json")) == 2

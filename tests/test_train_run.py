@@ -113,6 +113,24 @@ def test_checkpoint_cadence_iterations_timer_epochs_and_best(data, tmp_path, mon
     assert status["state"] == "finished" and status["iteration"] == 9 and status["latest_checkpoint"].endswith("latest.pt")
 
 
+def test_max_minutes_stops_after_the_step_that_used_it_up(data, tmp_path, monkeypatch):
+    """--max_minutes 1 with 35 s steps: the budget is used up after step 2 (70 s): latest.pt holds
+    iteration 2, the log says why, the run exits 0 as 'finished' (quality_check.py reads it)."""
+    now = [0.0]
+    real_step = loop.train_step
+
+    def step_35_seconds(*args, **kwargs):
+        now[0] += 35.0
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step_35_seconds)
+    assert run(data, tmp_path, clock=lambda: now[0], batch_size=3, max_minutes=1, checkpoint_minutes=0) == 0
+    assert load_checkpoint(tmp_path / "latest.pt")["iteration"] == 2
+    assert log_lines(tmp_path, "time limit reached (--max_minutes 1) at iteration 2")
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "finished" and status["iteration"] == 2
+
+
 def test_resume_continues_mid_epoch_with_its_phase_curriculum_and_best(data, tmp_path):
     curriculum = dict(batch_size=2, epochs=3, segment_schedule=[{"epochs": [2, 3], "length": 0.35,
                                                                  "batch_multiplier": 2}])
