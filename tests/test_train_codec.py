@@ -122,6 +122,20 @@ def test_stop_and_resume_auto_is_bit_identical(audio_dir, tmp_path, monkeypatch,
     assert "resumed from" in (tmp_path / "split" / "training.log").read_text()
 
 
+def test_resume_with_changed_recipe_says_what_changed(audio_dir, tmp_path):
+    """A resume that flips a recipe setting (here --no-adversarial after an adversarial start, the
+    default) still resumes, and its log line names each changed setting with old and new value."""
+    assert train(audio_dir, tmp_path / "run", "--max_steps", "1") == 0
+    assert train(audio_dir, tmp_path / "run", "--max_steps", "2", "--resume", "auto") == 0
+    assert train(audio_dir, tmp_path / "run", "--max_steps", "3", "--resume", "auto", "--no-adversarial",
+                 "--learning_rate", "2e-4") == 0
+    lines = [ln for ln in (tmp_path / "run" / "training.log").read_text().splitlines() if "resumed from" in ln]
+    assert len(lines) == 2
+    assert "changed settings" not in lines[0]  # only max_steps changed: not a recipe setting
+    assert lines[1].endswith("changed settings: adversarial True -> False, learning_rate 0.0001 -> 0.0002")
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["iteration"] == 3
+
+
 def test_export_loads_here_and_in_upstream_snac(audio_dir, tmp_path):
     assert train(audio_dir, tmp_path / "run", "--max_steps", "2", "--export", str(tmp_path / "export")) == 0
     files = {p.name for p in (tmp_path / "export").iterdir()}

@@ -400,6 +400,18 @@ class CodecRun:
         log.update_status(latest_checkpoint=str(self.out / "latest.pt"))
 
 
+# settings that only say where, how often or how far: a resume may change them without a word
+UNLOGGED_CHANGES = {"config", "resume", "output_dir", "export", "device", "threads", "max_steps", "max_minutes",
+                    "log_every", "checkpoint_every", "checkpoint_minutes", "keep_last"}
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """'key old -> new' for each recipe setting a resumed run changes (the run still resumes: some
+    changes are deliberate, e.g. --adversarial after a mel-only start; the log says so)."""
+    return [f"{k} {saved[k]} -> {now[k]}" for k in sorted(now)
+            if k in saved and k not in UNLOGGED_CHANGES and saved[k] != now[k]]
+
+
 def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log: RunLog, stop: StopFlag,
                 resume_path: Path | None, clock: Callable[[], float] = time.monotonic) -> str:
     """Train to --max_steps (or a signal) from ``resume_path`` (or fresh); returns 'finished',
@@ -425,8 +437,12 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
 
     # ---- state: fresh or resumed
     if resume_path is not None:
-        run.load_state_dict(load_checkpoint(resume_path), resume_path, log.line)
-        log.line(f"resumed from {resume_path} at iteration {run.iteration}")
+        ckpt = load_checkpoint(resume_path)
+        run.load_state_dict(ckpt, resume_path, log.line)
+        changed = changed_settings(ckpt.get("config", {}), cfg.to_dict())
+        del ckpt
+        log.line(f"resumed from {resume_path} at iteration {run.iteration}"
+                 + (f"; changed settings: {', '.join(changed)}" if changed else ""))
         log.metrics({"type": "resume", "iteration": run.iteration, "checkpoint": str(resume_path), "time": time.time()})
     else:
         if cfg.resume == "auto":

@@ -1,0 +1,96 @@
+"""scripts/quality_check.py end to end with a budget of seconds: a tiny base trained here, codes
+cached, both recipes fine-tuned, every system evaluated; a rerun skips the finished stages and a
+run of other settings in the same folder is refused. (The numbers mean nothing at this scale: only
+their shape and finiteness are checked. The metrics themselves are tested in test_quality_metrics.py
+and test_evaluate_scoring.py.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from snac import SNAC
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEMS = ["baseline", "smart_init", "seed_recipe", "adversarial_recipe"]
+
+
+def write_speechlike(folder: Path, names: list[str], rate: int, seed: int) -> None:
+    """Harmonic chirps with noise bursts and a silent gap: energy up to the Nyquist, like a recording."""
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(names):
+        t = np.arange(int(rate * 0.9)) / rate
+        f0 = 140 + 40 * i
+        x = sum(0.2 / k * np.sin(2 * np.pi * k * f0 * t * (1 + 0.3 * t)) for k in range(1, 12))
+        x = x + 0.02 * rng.standard_normal(len(t))
+        x[int(0.6 * rate):int(0.7 * rate)] = 0.0  # silence, masked out of the scores
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, x.astype(np.float32), rate)
+
+
+def quality_check(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "quality_check.py"), *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, list[str], subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("qc")
+    write_speechlike(root / "train", ["a.wav", "b.wav", "c.flac"], 44100, 0)
+    write_speechlike(root / "val", ["x.wav", "sub/y.flac"], 44100, 1)
+    flags = ["--train_dir", str(root / "train"), "--val_dir", str(root / "val"), "--output_dir", str(root / "out"),
+             "--device", "cpu", "--base_minutes", "0.02", "--base_config", "tiny_24khz", "--finetune_steps", "2",
+             "--epochs", "2", "--finetune_flags", "--batch_size 2 --segment_length 0.2 --val_segment_length 0.4"]
+    proc = quality_check(*flags)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "out", flags, proc
+
+
+def test_every_stage_runs_and_results_are_complete(finished):
+    out, _, proc = finished
+    results = json.loads((out / "results.json").read_text())
+    assert [row["system"] for row in results["systems"]] == SYSTEMS
+    for row in results["systems"]:
+        for key in ("mel_distance", "lsd_high", "high_band_energy_db", "stft_distance"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (row["system"], key, row[key])
+        assert row["files"] == 2, row  # both val files scored
+    assert [row["iterations"] for row in results["systems"]] == [None, 0, 2, 2]
+    for key in ("base_mel_distance_init", "base_mel_distance_trained", "base_mel_distance_shuffled"):
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert set(results["stages"]) == {"base", "cache", "adversarial_recipe", "seed_recipe", "evaluate"}
+    assert all(seconds > 0 for seconds in results["stages"].values())
+    assert "trained here" in results["base_model"]
+    # everything needed to recompute the numbers is there
+    base = SNAC.from_pretrained(out / "base_model")
+    assert base.config["decoder_dim"] == 32  # the tiny preset
+    for system in SYSTEMS:
+        for rel in ("x.wav", "sub/y.wav"):
+            audio, rate = sf.read(out / "audio" / system / rel)
+            assert rate == 48000 and len(audio) > 0.8 * 48000 and np.isfinite(audio).all(), (system, rel)
+    assert len(results["spectrograms"]) == 2 and all((out / p).is_file() for p in results["spectrograms"])
+    table = (out / "results.md").read_text()
+    assert all(f"| {s} |" in table for s in SYSTEMS) and all(f"| {s} |" in proc.stdout for s in SYSTEMS)
+
+
+def test_rerun_skips_finished_stages_and_other_settings_are_refused(finished):
+    out, flags, _ = finished
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
+    again = quality_check(*flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "$ python" not in again.stdout  # no stage's script ran again
+    assert {p.name: p.read_text() for p in (out / "logs").iterdir()} == logs
+    assert {k: v for k, v in json.loads((out / "stages.json").read_text())["stages"].items()
+            if k != "evaluate"} == {k: v for k, v in stages.items() if k != "evaluate"}
+    other = quality_check(*[("3" if f == "2" and flags[i - 1] == "--finetune_steps" else f)
+                            for i, f in enumerate(flags)])
+    assert other.returncode != 0 and "holds a quality check of other settings" in other.stderr
+    assert json.loads((out / "results.json").read_text())["systems"][2]["iterations"] == 2  # untouched
