@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """The whole job end to end, offline, on CPU, in a few minutes: the README's first command.
 
-    uv run python scripts/demo.py                                   # tiny random base model, ~1-2 min
+    uv run python scripts/demo.py                                   # the shipped base codec, ~3-5 min
+    uv run python scripts/demo.py --audio_dir SPEECH                # your own (or the fetched) speech
     uv run python scripts/demo.py --pretrained_model hubertsiuzdak/snac_24khz   # the published model
+    uv run python scripts/demo.py --random_base                     # a tiny random base: fastest smoke run
 
 Steps, each one the real script run as a subprocess (so this is what a user runs by hand):
   1. generate a small speech-like dataset: voiced (harmonic, formant-shaped, gliding pitch) and
      unvoiced (band-limited noise reaching above 12 kHz) segments, at mixed sample rates and
-     channel counts, a few seconds each
+     channel counts, a few seconds each (or take --audio_dir)
   2. scripts/prepare_dataset_folder.py      split into train/ and val/
   3. cache_codes_multigpu.py                codes of the frozen base encoder, for train and val
   4. finetune_decoder_48khz.py              part 1: warmup (head only) then unfreeze, with iteration,
@@ -16,9 +18,12 @@ Steps, each one the real script run as a subprocess (so this is what a user runs
   6. inference.py                           val audio -> codes -> 48 kHz wavs (+ stock 24 kHz decodes)
   7. scripts/export_pretrained.py           hub-layout export of the best model
   8. scripts/evaluate.py                    metrics table and spectrograms, 48 kHz model vs stock
-and prints where every output is. Without --pretrained_model the base is a tiny random SNAC (it
-runs fast, but its codes carry little: the numbers only show that the pipeline works). With it,
-the published weights are used (download once, or a local directory in the hub layout).
+and prints where every output is. The base is the small codec shipped in models/klettres_24khz
+(trained here on real speech, its codes carry information: see its README.md); --pretrained_model
+takes another (the published weights: download once, or a local directory in the hub layout);
+--random_base a tiny random SNAC whose codes carry nothing (fastest: the tests' smoke run). The
+demo's fine-tune is a few dozen steps: for a measured comparison of the recipes run
+scripts/quality_check.py.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 # a tiny 24 kHz SNAC with the published model's layout (hop 512, strides 4/2/1), ~30 k parameters
 from snac.presets import TINY_24KHZ as TINY_BASE  # noqa: E402
+
+SHIPPED_BASE = ROOT / "models" / "klettres_24khz"  # trained with scripts/train_codec.py; see its README.md
 
 MARKER = ".snac48_demo"
 # (sample rate, channels) of the generated files: the cache and inference must take any of them
@@ -163,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default="demo_output", help="everything goes here (replaced on a rerun)")
     p.add_argument("--pretrained_model", default=None,
-                   help="base model (hub id or dir), e.g. hubertsiuzdak/snac_24khz; default: a tiny random one")
+                   help="base model (hub id or dir), e.g. hubertsiuzdak/snac_24khz; default: the shipped "
+                        f"{SHIPPED_BASE.relative_to(ROOT)}")
+    p.add_argument("--random_base", action="store_true",
+                   help="a tiny random base instead (its codes carry nothing: the fastest smoke run)")
+    p.add_argument("--audio_dir", default=None,
+                   help="a folder of speech (any rate/channels) to split and use instead of the generated set")
     p.add_argument("--files", type=int, default=24, help="utterances to generate")
     p.add_argument("--epochs", type=int, default=4, help="training epochs (the first is warmup)")
     p.add_argument("--seed", type=int, default=0)
@@ -173,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (one warmup epoch, then the unfreeze phase)")
+    if args.random_base and args.pretrained_model:
+        p.error("--random_base and --pretrained_model both given: drop one")
+    if args.audio_dir is not None and not Path(args.audio_dir).is_dir():
+        p.error(f"--audio_dir {args.audio_dir} is not a folder")
+    if not (args.random_base or args.pretrained_model or (SHIPPED_BASE / "config.json").is_file()):
+        p.error(f"the shipped base {SHIPPED_BASE} is missing (a partial checkout?); pass --pretrained_model "
+                "or --random_base")
+    kind = "random" if args.random_base else ("published" if args.pretrained_model else "shipped")
 
     out = Path(args.output_dir).resolve()
     if out.exists() and any(out.iterdir()):
@@ -184,19 +204,24 @@ def main(argv: list[str] | None = None) -> int:
     logs = out / "logs"
     logs.mkdir()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    threads = args.threads or (1 if args.pretrained_model is None else None)
+    threads = args.threads or (None if kind == "published" else 1)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    if args.pretrained_model is None:
-        env.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tiny demo needs the network
+    if kind != "published":
+        env.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the network
     steps = Steps(logs, env)
     start = time.time()
 
     # ---- 0. base model
-    if args.pretrained_model:
+    if kind == "published":
         base = args.pretrained_model
         print(f"base model: {base} (published weights; the codes are the real ones)")
-        seg, batch, val_seg, n_ffts, minutes = 0.5, 4, 1.0, "512,1024,2048", 0.05
+        seg, batch, val_seg, n_ffts, minutes, lrs = 0.5, 4, 1.0, "512,1024,2048", 0.05, (5e-5, 1e-5)
+    elif kind == "shipped":
+        base = SHIPPED_BASE
+        print(f"base model: {base} (a small codec trained here on real speech; its codes carry information, "
+              "see its README.md)")
+        seg, batch, val_seg, n_ffts, minutes, lrs = 0.5, 4, 1.0, "512,1024,2048", 0.02, (1e-4, 1e-4)
     else:
         import torch
 
@@ -205,15 +230,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         base = out / "tiny_base_model"
         SNAC(**TINY_BASE).save_pretrained(base)
-        print(f"base model: a tiny RANDOM SNAC ({base}); pass --pretrained_model hubertsiuzdak/snac_24khz "
-              "for the published one. Its numbers only show that the pipeline runs.")
-        seg, batch, val_seg, n_ffts, minutes = 0.5, 4, 1.0, "256,512,1024", 0.005
+        print(f"base model: a tiny RANDOM SNAC ({base}); drop --random_base for the shipped trained one. "
+              "Its numbers only show that the pipeline runs.")
+        seg, batch, val_seg, n_ffts, minutes, lrs = 0.5, 4, 1.0, "256,512,1024", 0.005, (1e-3, 1e-3)
 
     # ---- 1. data
-    raw = out / "data" / "raw"
-    info = make_dataset(raw, args.files, args.seed)
-    print(f"\n[0] generated {info['files']} speech-like files, {info['seconds']:.0f} s, in {raw}: "
-          + ", ".join(f"{v} at {k}" for k, v in info["formats"].items()))
+    if args.audio_dir is not None:
+        raw = Path(args.audio_dir).resolve()
+        print(f"\n[0] speech from {raw}")
+    else:
+        raw = out / "data" / "raw"
+        info = make_dataset(raw, args.files, args.seed)
+        print(f"\n[0] generated {info['files']} speech-like files, {info['seconds']:.0f} s, in {raw}: "
+              + ", ".join(f"{v} at {k}" for k, v in info["formats"].items()))
     split = out / "data" / "split"
     steps.run("split the dataset", ["scripts/prepare_dataset_folder.py", "--input_dir", raw, "--output_dir", split,
                                     "--train_ratio", "0.8", "--seed", args.seed])
@@ -227,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "runs" / "demo48"
     config = {"pretrained_model": str(base), "train_codes": str(cache / "train"), "val_codes": str(cache / "val"),
               "output_dir": str(run), "device": "cpu", "batch_size": batch, "epochs": args.epochs,
-              "warmup_epochs": 1, "warmup_learning_rate": 1e-3 if args.pretrained_model is None else 5e-5,
-              "learning_rate": 1e-3 if args.pretrained_model is None else 1e-5,
+              "warmup_epochs": 1, "warmup_learning_rate": lrs[0], "learning_rate": lrs[1],
               "segment_length": seg, "val_segment_length": val_seg,
               "segment_schedule": [{"epochs": [1, 1], "length": seg / 2, "batch_multiplier": 2}],
               "n_ffts": [int(n) for n in n_ffts.split(",")], "checkpoint_every": 5,
@@ -267,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     timer = [s for s in saves if re.search(r"saved latest\.pt \(iteration", s)]
     print("\n" + "=" * 100)
     print(f"demo finished in {time.time() - start:.0f} s "
-          f"({'published base ' + str(base) if args.pretrained_model else 'tiny RANDOM base model'})")
+          f"({ {'published': 'published base ' + str(base), 'shipped': 'shipped base ' + str(base), 'random': 'tiny RANDOM base model'}[kind] })")
     for name, t in steps.times:
         print(f"  {t:6.1f} s  {name}")
     print(f"\ntraining: part 1 stopped at iteration {status1.get('iteration')} (phase {status1.get('phase')}), "
@@ -285,12 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\nstatus screen (./train_status.sh " + str(run) + "):")
     print("\n".join("  " + line for line in status_screen.split("\n\n", 1)[1].split("--- stderr")[0].strip().splitlines()))
     print("\n" + (report / "report.md").read_text().split("## Spectrograms")[0].strip())
-    if not args.pretrained_model:
+    if kind == "random":
         print("\n  ^ caveat: a tiny RANDOM base model's codes carry no information, so these numbers only show "
-              "that the pipeline runs (48 kHz scoring worse than stock is expected here); pass "
-              "--pretrained_model for meaningful ones.")
+              "that the pipeline runs (48 kHz scoring worse than stock is expected here); drop --random_base "
+              "for meaningful ones.")
+    elif kind == "shipped":
+        print(f"\n  ^ a small base (see {SHIPPED_BASE / 'README.md'}) and a fine-tune of "
+              f"{status.get('iteration')} steps on {'your' if args.audio_dir else 'generated'} audio: real "
+              "numbers at toy scale. scripts/quality_check.py measures the recipes on real speech.")
     print("\noutputs:")
-    for label, path in [("generated audio", raw), ("train/val split", split), ("code caches", cache),
+    for label, path in [("speech" if args.audio_dir else "generated audio", raw), ("train/val split", split), ("code caches", cache),
                         ("training config", config_path), ("run directory", run),
                         ("  training log", log), ("  metrics", run / "metrics.jsonl"),
                         ("  loss curves", run / "loss_curves.png"), ("  best model", best),

@@ -21,6 +21,10 @@ TINY_32KHZ = dict(SNAC_32KHZ, encoder_dim=8, decoder_dim=128, codebook_size=64, 
 # issue 12's feasibility run used): the published hop and strides, fewer channels and codes
 SMALL_24KHZ = dict(SNAC_24KHZ, encoder_dim=16, decoder_dim=256, codebook_size=1024, codebook_dim=8)
 
+# the base shipped in models/klettres_24khz (1.0 M parameters; trained on KLettres speech, see its
+# README.md): the published hop and strides, a narrow encoder, a 128-wide decoder, 3 x 256 codes
+KLETTRES_24KHZ = dict(SNAC_24KHZ, encoder_dim=16, decoder_dim=128, codebook_size=256, codebook_dim=8)
+
 # named model configs (scripts/train_codec.py --model_config NAME)
 PRESETS = {"snac_24khz": SNAC_24KHZ, "snac_32khz": SNAC_32KHZ, "snac_44khz": SNAC_44KHZ,
-           "small_24khz": SMALL_24KHZ, "tiny_24khz": TINY_24KHZ, "tiny_32khz": TINY_32KHZ}
+           "small_24khz": SMALL_24KHZ, "klettres_24khz": KLETTRES_24KHZ, "tiny_24khz": TINY_24KHZ, "tiny_32khz": TINY_32KHZ}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_runs_every_step_and_reports_its_outputs(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--output_dir", str(out),
-                           "--files", "12", "--epochs", "3"], capture_output=True, text=True, timeout=900)
+                           "--files", "12", "--epochs", "3", "--random_base"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "tiny RANDOM base model" in proc.stdout
     log = (out / "runs" / "demo48" / "training.log").read_text()
