@@ -12,8 +12,9 @@ Loss: mel 15 + adversarial 1 + feature matching 2 (multi-period + multi-band dis
 VQ commitment 0.25 + codebook 1; AdamW lr 1e-4, betas 0.8/0.99, lr * gamma^step for both networks.
 Every flag is a key of the optional --config JSON (explicit flags win); `--help` lists them.
 The run directory is the decoder trainer's (config.json, training.log, metrics.jsonl, status.json
-for ./train_status.sh, TensorBoard, checkpoint_iter{N}.pt, latest.pt); SIGTERM/SIGINT save and exit
-0. The end of a run writes a plain SNAC to --export (default OUTPUT_DIR/model): config.json,
+for ./train_status.sh, TensorBoard, checkpoint_iter{N}.pt, checkpoint_epoch{E}.pt, latest.pt, and
+best_model.pt by --val_dir's mel distance); SIGTERM/SIGINT save and exit 0. --audio_dir/--val_dir
+may be code caches made with --embed_audio. The end of a run writes a plain SNAC to --export (default OUTPUT_DIR/model): config.json,
 model.safetensors and pytorch_model.bin, loadable with SNAC.from_pretrained and upstream snac.
 The trainer itself is snac/train/codec.py.
 """

@@ -102,7 +102,8 @@ def same(a, b, path="") -> None:
 def test_stop_and_resume_auto_is_bit_identical(audio_dir, tmp_path, monkeypatch, stop_by):
     """6 steps in one run == 3 steps stopped by --max_steps (or 4, stopped by a SIGTERM that the
     trainer catches: it saves and exits 0), then --resume auto to 6: every state torch.equal."""
-    flags = ("--reseed_dead_codes", "2", "--learning_rate", "1e-3")
+    # validation at the end of each run (3 in the split run, 6 in both) must not move the training RNG
+    flags = ("--reseed_dead_codes", "2", "--learning_rate", "1e-3", "--val_dir", str(audio_dir), "--val_seconds", "0.3")
     assert train(audio_dir, tmp_path / "whole", "--max_steps", "6", *flags) == 0
     if stop_by == "max_steps":
         assert train(audio_dir, tmp_path / "split", "--max_steps", "3", *flags) == 0
@@ -120,6 +121,39 @@ def test_stop_and_resume_auto_is_bit_identical(audio_dir, tmp_path, monkeypatch,
     for key in ("model", "optimizer", "discriminator", "health", "rng", "data", "bad_total"):
         same(whole[key], split[key], key)
     assert "resumed from" in (tmp_path / "split" / "training.log").read_text()
+
+
+def test_epochs_validation_best_model_and_a_code_cache_as_data(audio_dir, tmp_path):
+    """Train on a code cache made with --embed_audio (its 48 kHz target audio, resampled to 24 kHz),
+    validate on a folder: every epoch end validates and writes checkpoint_epoch{E}.pt, the lowest val
+    mel is in best_model.pt (loadable), the end of the run validates once more."""
+    from helpers_cache import load_script, save_tiny_model
+
+    cache = tmp_path / "cache"
+    assert load_script("cache_codes_multigpu.py").main([
+        "--input_dir", str(audio_dir), "--output_dir", str(cache), "--pretrained_model",
+        str(save_tiny_model(tmp_path / "encoder")), "--devices", "cpu", "--embed_audio"]) == 0
+    # 3 s of audio = 72000 samples at 24 kHz; windows 2048 x batch 8 -> an epoch of 5 iterations
+    assert train(cache, tmp_path / "run", "--max_steps", "12", "--batch_size", "8", "--val_dir", str(audio_dir),
+                 "--val_seconds", "0.5", "--no-adversarial", "--learning_rate", "3e-3") == 0
+    run = tmp_path / "run"
+    log = (run / "training.log").read_text()
+    assert "12 iterations, 5 an epoch" in log and "validation: 3 files" in log
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in vals if r["type"] == "val"]
+    assert [r["iteration"] for r in vals] == [5, 10, 12]
+    assert all(np.isfinite(r["val/mel"]) and r["val/mel"] > 0 for r in vals)
+    assert sorted(p.name for p in run.glob("checkpoint_epoch*.pt")) == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]
+    best = load_checkpoint(run / "best_model.pt")
+    lowest = min(vals, key=lambda r: r["val/mel"])
+    assert best["iteration"] == lowest["iteration"] and best["best_val"] == lowest["val/mel"]
+    assert load_checkpoint(run / "latest.pt")["best_val"] == lowest["val/mel"]
+    from snac import load_model
+
+    model = load_model(run / "best_model.pt")
+    same(model.state_dict(), best["model"])
+    status = json.loads((run / "status.json").read_text())
+    assert status["val_loss"] == vals[-1]["val/mel"] and status["best_val_loss"] == lowest["val/mel"]
 
 
 def test_resume_with_changed_recipe_says_what_changed(audio_dir, tmp_path):

@@ -22,7 +22,12 @@ status.json (train_status.sh), checkpoint_iter{N}.pt / latest.pt written atomica
 auto``; SIGTERM/SIGINT save and exit 0. A checkpoint holds every RNG and data-sampler state, so a
 resumed run on CPU is bit-identical to an uninterrupted one. The end of a run exports a plain SNAC
 (``SNAC.save_pretrained``: loads in ``SNAC.from_pretrained`` and in upstream snac).
-Not yet: the code-cache source (``--embed_audio`` caches), epoch/best checkpoints, validation.
+
+An epoch is as many windows as the training audio holds (total samples / window, over every rank's
+batch). At each epoch end ``checkpoint_epoch{E}.pt``; with ``--val_dir`` the mel distance of the
+first ``--val_seconds`` of every val file (noise seeded, the training RNG untouched) is measured
+first, and ``best_model.pt`` keeps the lowest. ``--audio_dir``/``--val_dir`` may also be code
+caches (``cache_codes_multigpu.py``, best with ``--embed_audio``): their target audio is used.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from torch import nn
 
 from ..audio import AudioError, load_audio, resample
 from ..cache.encode import find_audio_files
+from ..cache.format import MANIFEST_NAME
 from ..fileio import write_json_atomic
 from ..model import SNAC
 from ..presets import PRESETS
@@ -65,7 +71,11 @@ class CodecConfig:
     # ---- inputs ----
     config: str | None = _opt(None, "JSON file whose keys are these flags; explicit flags win over it")
     audio_dir: str | None = _opt(None, "folder of training audio (wav/flac/ogg/mp3, any rate and channels; "
-                                       "resampled to the model's rate) (required)")
+                                       "resampled to the model's rate), or a code cache made with --embed_audio "
+                                       "(its target audio) (required)")
+    val_dir: str | None = _opt(None, "held-out audio (folder or code cache): mel distance at every epoch end and "
+                                     "at the end of the run; best_model.pt keeps the best (default: none)")
+    val_seconds: float = _opt(4.0, "validation scores the first S seconds of every val file")
     output_dir: str | None = _opt(None, "run directory: logs, checkpoints, the exported model (required)")
     model_config: str | None = _opt(None, f"preset ({', '.join(PRESETS)}) or a SNAC config.json (default: "
                                           "snac_24khz; not with --pretrained_model)")
@@ -109,6 +119,7 @@ class CodecConfig:
     checkpoint_every: int = _opt(5000, "checkpoint_iter{N}.pt + latest.pt every N iterations (0 = off)")
     checkpoint_minutes: float = _opt(30.0, "latest.pt every T minutes of wall time (0 = off)")
     keep_last: int = _opt(3, "iteration checkpoints kept (older ones are deleted)")
+    epoch_checkpoints: bool = _opt(True, "checkpoint_epoch{E}.pt at every epoch end (all kept)")
     resume: str | None = _opt(None, "'auto' (newest checkpoint in --output_dir, or start fresh) or a .pt path")
 
     def to_dict(self) -> dict:
@@ -128,6 +139,7 @@ def check_codec_config(cfg: CodecConfig) -> None:
     need(cfg.max_minutes is None or cfg.max_minutes > 0, f"--max_minutes must be > 0, got {cfg.max_minutes}")
     need(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
     need(cfg.segment_length > 0, f"--segment_length must be > 0 seconds, got {cfg.segment_length}")
+    need(cfg.val_seconds > 0, f"--val_seconds must be > 0, got {cfg.val_seconds}")
     need(0 < cfg.lr_gamma <= 1, f"--lr_gamma must be in (0, 1], got {cfg.lr_gamma}")
     need(cfg.learning_rate > 0 and cfg.disc_learning_rate > 0, "learning rates must be > 0")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
@@ -182,27 +194,52 @@ def window_samples(model: SNAC, seconds: float) -> int:
     return max(1, round(seconds * model.sampling_rate / model.pad_multiple)) * model.pad_multiple
 
 
-class AudioWindows:
-    """Every file of a folder, mono at the model's rate, in memory; random windows from a seeded
-    generator (its state is the data position of a checkpoint). A file is drawn with probability
-    proportional to its length, so every second of audio weighs the same."""
+def load_clips(root: str, sample_rate: int, warn: Callable[[str], None], flag: str = "--audio_dir",
+               max_seconds: float | None = None) -> list[torch.Tensor]:
+    """Every file of a folder (or every row of a code cache: its target audio), mono float32 at
+    ``sample_rate``, optionally only the first ``max_seconds``; unreadable files are skipped (warned)."""
+    clips, skipped = [], []
+    if (Path(root) / MANIFEST_NAME).is_file():
+        from ..cache.reader import CodeCache
 
-    def __init__(self, root: str, sample_rate: int, window: int, seed: int, rank: int = 0,
-                 warn: Callable[[str], None] = print):
-        self.window = window
-        self.clips: list[torch.Tensor] = []
-        skipped = []
+        try:
+            cache = CodeCache(root)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{flag} {root}: unreadable code cache ({e})") from e
+        frames = None if max_seconds is None else math.ceil(max_seconds * cache.target_sample_rate)
+        for i in range(len(cache)):
+            try:
+                x = cache.audio(i, 0, frames)
+            except (OSError, AudioError) as e:
+                raise ConfigError(f"{flag} {root}: cannot read the audio of row {i} ({e})") from e
+            clips.append(resample(x, cache.target_sample_rate, sample_rate))
+        cache.close()
+    else:
         for rel in find_audio_files(root):
             try:
                 x, sr = load_audio(Path(root) / rel, mono=True)
             except AudioError as e:
                 skipped.append(str(e))
                 continue
-            self.clips.append(torch.from_numpy(resample(x, sr, sample_rate)).float())
-        if skipped:
-            warn(f"skipped {len(skipped)} unreadable file(s); first: {skipped[0]}")
-        if not self.clips:
-            raise ConfigError(f"--audio_dir {root} holds no readable audio (wav/flac/ogg/mp3); pass a folder of audio")
+            clips.append(resample(x if max_seconds is None else x[:math.ceil(max_seconds * sr)], sr, sample_rate))
+    if skipped:
+        warn(f"{flag}: skipped {len(skipped)} unreadable file(s); first: {skipped[0]}")
+    clips = [torch.from_numpy(x).float() for x in clips if len(x)]
+    if not clips:
+        raise ConfigError(f"{flag} {root} holds no readable audio (wav/flac/ogg/mp3, or a code cache); "
+                          "pass a folder of audio")
+    return clips
+
+
+class AudioWindows:
+    """Every file of a folder (or a code cache's audio), mono at the model's rate, in memory; random
+    windows from a seeded generator (its state is the data position of a checkpoint). A file is
+    drawn with probability proportional to its length, so every second of audio weighs the same."""
+
+    def __init__(self, root: str, sample_rate: int, window: int, seed: int, rank: int = 0,
+                 warn: Callable[[str], None] = print):
+        self.window = window
+        self.clips = load_clips(root, sample_rate, warn)
         self.lengths = torch.tensor([len(c) for c in self.clips], dtype=torch.float64)
         self.seconds = float(self.lengths.sum()) / sample_rate
         self.generator = torch.Generator().manual_seed(seed * 7919 + rank)  # a stream per rank
@@ -354,11 +391,13 @@ class CodecRun:
     iteration: int = 0
     bad_in_row: int = 0
     bad_total: int = 0
+    best_val: float = math.inf
 
     def state_dict(self) -> dict:
         """One checkpoint dict; every rank calls it (RNG and data states are gathered)."""
         state = {"kind": CHECKPOINT_KIND, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "iteration": self.iteration, "bad_total": self.bad_total, "config": self.cfg.to_dict(),
+                 "iteration": self.iteration, "bad_total": self.bad_total, "best_val": self.best_val,
+                 "config": self.cfg.to_dict(),
                  "model_config": self.model.config, "health": self.health.state_dict(),
                  "rng": gather_objects(rng_state()), "data": gather_objects(self.data.state_dict()),
                  "world_size": self.dist_info.world_size}
@@ -378,6 +417,12 @@ class CodecRun:
             self.adversary.restore(ckpt, warn)
         self.health.load_state_dict(ckpt["health"])
         self.iteration, self.bad_total = int(ckpt["iteration"]), int(ckpt.get("bad_total", 0))
+        self.best_val = float(ckpt.get("best_val", math.inf))
+        saved = ckpt.get("config", {})
+        if any(saved.get(k) != getattr(self.cfg, k) for k in ("val_dir", "val_seconds")) and self.best_val < math.inf:
+            warn(f"best val mel {self.best_val:.4f} forgotten: the validation changed (--val_dir/--val_seconds "
+                 f"{saved.get('val_dir')}/{saved.get('val_seconds')} -> {self.cfg.val_dir}/{self.cfg.val_seconds})")
+            self.best_val = math.inf
         rank, world = self.dist_info.rank, self.dist_info.world_size
         if len(ckpt["rng"]) == world:  # same world size: every stream continues where it was
             set_rng_state(ckpt["rng"][rank])
@@ -398,6 +443,25 @@ class CodecRun:
             rotate_checkpoints(self.out, self.cfg.keep_last)
         log.line(f"saved {', '.join(names)} (iteration {self.iteration})")
         log.update_status(latest_checkpoint=str(self.out / "latest.pt"))
+
+
+@torch.no_grad()
+def validate(model: SNAC, clips: list[torch.Tensor], seed: int, device: torch.device, dist_info: DistInfo) -> float:
+    """Mean mel distance of the codec on every val clip (each rank its share, summed over ranks). The
+    model noise is seeded per clip inside a forked RNG: the training streams continue untouched."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for i in range(dist_info.rank, len(clips), dist_info.world_size):
+            torch.manual_seed(seed + i)
+            x = clips[i].to(device).view(1, 1, -1)
+            pred, _ = model(x)
+            total[0] += mel_loss(pred.float(), x, torch.ones_like(x), model.sampling_rate).sum().double()
+            total[1] += 1
+    model.train(was_training)
+    total = all_reduce_sum(total)
+    return float(total[0] / total[1])
 
 
 # settings that only say where, how often or how far: a resume may change them without a word
@@ -425,6 +489,8 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=GEN_BETAS, weight_decay=cfg.weight_decay)
     window = window_samples(model, cfg.segment_length)
     data = AudioWindows(cfg.audio_dir, rate, window, cfg.seed, dist_info.rank, warn=log.line)
+    val_clips = load_clips(cfg.val_dir, rate, log.line, "--val_dir", cfg.val_seconds) if cfg.val_dir else None
+    epoch_its = max(1, math.ceil(float(data.lengths.sum()) / (window * cfg.batch_size * dist_info.world_size)))
     run = CodecRun(cfg, model, optimizer, adversary, data, CodebookHealth(model, cfg.seed), dist_info, out)
     step_model: nn.Module = CodecForward(model)
     if dist_info.enabled:
@@ -451,12 +517,30 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
     log.line(f"codec {count(params)} parameters at {rate} Hz (hop {model.hop_length}, strides {model.vq_strides}, "
              f"{len(model.vq_strides)} x {model.config['codebook_size']} codes); {len(data.clips)} files, "
              f"{data.seconds:.1f} s of audio; windows {window} samples ({window / rate:.3f} s) x {cfg.batch_size} "
-             f"x {dist_info.world_size}; {cfg.max_steps} iterations; threads {torch.get_num_threads()}")
+             f"x {dist_info.world_size}; {cfg.max_steps} iterations, {epoch_its} an epoch; "
+             f"threads {torch.get_num_threads()}")
+    if val_clips is not None:
+        log.line(f"validation: {len(val_clips)} files of {cfg.val_dir}, first {cfg.val_seconds:g} s of each "
+                 f"({sum(len(c) for c in val_clips) / rate:.1f} s), at every epoch end and at the end")
     if adversary is not None:
         log.line(f"adversarial: {adversary.describe()}")
     started = last_save = clock()
     last_saved_it = run.iteration if resume_path is not None else -1
     meter = Throughput(clock, run.iteration)
+    last_val_it = -1
+
+    def validate_now() -> bool:
+        """Validate, log, remember the best; True when this one is the best so far."""
+        nonlocal last_val_it
+        val = validate(model, val_clips, cfg.seed, device, dist_info)
+        improved, last_val_it = val < run.best_val, run.iteration
+        run.best_val = min(run.best_val, val)
+        log.line(f"val mel {val:.4f} at iteration {run.iteration} (epoch {run.iteration / epoch_its:.2f}; best "
+                 f"{run.best_val:.4f}{', new best' if improved else ''})")
+        log.metrics({"type": "val", "iteration": run.iteration, "val/mel": val, "best_val": run.best_val,
+                     "time": time.time()})
+        log.update_status(val_loss=val, best_val_loss=run.best_val, val_mel=val)
+        return improved
 
     # ---- steps
     result = "finished"
@@ -491,11 +575,16 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
         # ---- maybe log, maybe checkpoint
         if run.iteration % cfg.log_every == 0 and dist_info.is_main:
             log_codec_step(run, log, meter, metrics, lr)
+        names = []
         if cfg.checkpoint_every > 0 and run.iteration % cfg.checkpoint_every == 0:
-            run.save([f"checkpoint_iter{run.iteration}.pt", "latest.pt"], log)
-            last_save, last_saved_it = clock(), run.iteration
-        elif timer_due:
-            run.save(["latest.pt"], log)
+            names.append(f"checkpoint_iter{run.iteration}.pt")
+        if run.iteration % epoch_its == 0:  # epoch end: validate first, so the checkpoints hold its best
+            if cfg.epoch_checkpoints:
+                names.append(f"checkpoint_epoch{run.iteration // epoch_its}.pt")
+            if val_clips is not None and validate_now():
+                names.append("best_model.pt")
+        if names or timer_due:
+            run.save(names + ["latest.pt"], log)
             last_save, last_saved_it = clock(), run.iteration
         if stop_now:
             result = "stopped"
@@ -505,9 +594,12 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
             log.line(f"time limit reached (--max_minutes {cfg.max_minutes:g}) at iteration {run.iteration}")
             break
 
-    # ---- exit: latest.pt and the plain SNAC export
-    if last_saved_it != run.iteration:
-        run.save(["latest.pt"], log)
+    # ---- exit: a last validation (not on a signal: it exits at once), latest.pt, the plain SNAC export
+    final = [] if last_saved_it == run.iteration else ["latest.pt"]
+    if result == "finished" and val_clips is not None and last_val_it != run.iteration:
+        final = ["latest.pt"] + (["best_model.pt"] if validate_now() else [])  # latest.pt holds the new best
+    if final:
+        run.save(final, log)
     if dist_info.is_main:
         export = Path(cfg.export or out / "model")
         model.save_pretrained(export)
