@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ROOT / "finetune_decoder_48khz.py"
 TRAINER_NAME = TRAINER.name
+# a live process of a run is one of the trainers (train_codec.py writes the same status.json)
+TRAINER_NAMES = (TRAINER_NAME, "train_codec.py")
 CHECKPOINT_GLOB = "*.pt"
 
 
@@ -55,7 +57,7 @@ def pid_alive(pid: int | None) -> bool:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
             return False
-        return TRAINER_NAME in cmdline
+        return any(name in cmdline for name in TRAINER_NAMES)
     try:  # elsewhere: signal 0 only tests existence
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -23,6 +23,7 @@ from snac.train.gan_losses import mel_loss
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from train_codec import main  # noqa: E402
+from helpers_train import pycache_env  # noqa: E402,F401 (a fixture)
 
 # tiny everything: 1 pad multiple (2048 samples) per window, 4-channel discriminators
 TINY_FLAGS = ["--model_config", "tiny_24khz", "--device", "cpu", "--batch_size", "2", "--segment_length", "0.08",
@@ -256,3 +257,86 @@ def test_bad_model_config_and_pretrained_fail_with_one_line(audio_dir, tmp_path,
     assert main(["--audio_dir", str(audio_dir), "--output_dir", str(tmp_path / "b"), *flags,
                  "--pretrained_model", str(tmp_path / "nowhere")]) == 2
     assert "--pretrained_model" in capsys.readouterr().err
+
+
+def test_two_gloo_processes_then_resume_on_one(audio_dir, tmp_path, pycache_env):
+    """scripts/train_codec.py under torchrun, 2 CPU ranks on gloo: one writer, the validation split
+    over the ranks and reduced (same value as one process of the saved weights), re-seeding on (its
+    broadcast); then ONE process resumes the 2-rank run."""
+    import subprocess
+
+    out = tmp_path / "ddp"
+    args = ["--audio_dir", str(audio_dir), "--output_dir", str(out), *TINY_FLAGS, "--no-adversarial",
+            "--reseed_dead_codes", "1", "--val_dir", str(audio_dir), "--val_seconds", "0.3", "--max_steps", "3"]
+    env = {**os.environ, **pycache_env, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(REPO / "scripts" / "train_codec.py")]
+    proc = subprocess.run([*torchrun, *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "training.log").read_text()
+    assert log.count("it 1/3") == 1 and "x 2 x 2; 3 iterations" in log  # one writer; 2 ranks' batches
+    ckpt = load_checkpoint(out / "latest.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["iteration"] == 3
+    vals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in vals if r["type"] == "val"][-1]["val/mel"]
+    # the same weights validated by one process: the reduced 2-rank value equals the whole set's
+    from snac.train.codec import load_clips, validate
+    from snac.train.distributed import DistInfo
+
+    model = SNAC(**ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    clips = load_clips(str(audio_dir), model.sampling_rate, print, max_seconds=0.3)
+    alone = validate(model, clips, 1234, torch.device("cpu"), DistInfo(rank=0, world_size=1, local_rank=0))
+    assert abs(alone - val) < 1e-5 * max(1.0, abs(alone)), (alone, val)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train_codec.py"), *args[:-1], "5",
+                           "--resume", "auto"], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world size 2 -> 1" in (out / "training.log").read_text()
+    assert load_checkpoint(out / "latest.pt")["iteration"] == 5
+
+
+def train_status(run: Path) -> str:
+    import subprocess
+
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "launcher.py"), "status", str(run)],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def test_group_sigterm_under_uv_run_saves_mid_run_exports_and_resumes(audio_dir, tmp_path, pycache_env):
+    """`kill -TERM -- -PGID` (SLURM scancel, systemd) reaches uv and python; uv forwards it, so the
+    trainer sees it twice within milliseconds: one stop request. It saves, exports, exits 0 mid-run."""
+    import shutil
+    import signal
+    import subprocess
+
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    out = tmp_path / "run"
+    cmd = [uv, "run", "--no-sync", "python", str(REPO / "scripts" / "train_codec.py"), "--audio_dir", str(audio_dir),
+           "--output_dir", str(out), *TINY_FLAGS, "--max_steps", "1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **pycache_env}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " it 2/1000" in line:
+            running = train_status(out)  # train_status.sh's screen of a live codec run
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    log = (out / "training.log").read_text()
+    assert log.count("stop signal received: saving and exiting") == 1
+    status = json.loads((out / "status.json").read_text())
+    saved = load_checkpoint(out / "latest.pt")
+    assert status["state"] == "stopped" and saved["iteration"] == status["iteration"]
+    assert 2 <= saved["iteration"] < 1000  # the kill landed mid-run
+    assert SNAC.from_pretrained(out / "model").config == SNAC(**TINY_24KHZ).config
+    assert "state        running" in running and "phase codec" in running, running
+    assert "state        stopped" in train_status(out)
+    target = str(saved["iteration"] + 2)
+    assert main(["--audio_dir", str(audio_dir), "--output_dir", str(out), *TINY_FLAGS, "--max_steps", target,
+                 "--resume", "auto"]) == 0
+    assert load_checkpoint(out / "latest.pt")["iteration"] == int(target)
