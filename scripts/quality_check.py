@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -129,6 +130,20 @@ class Stages:
                                  "or --overwrite")
             self.record = earlier
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.child: subprocess.Popen | None = None
+        self.stage: str | None = None
+        self.signals: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._forward)
+
+    def _forward(self, signum: int, _frame) -> None:
+        """`kill PID` of this script reaches the running stage too (no orphan left writing); between
+        stages and during the in-process evaluation it stops at once."""
+        self.signals.append(signum)
+        if self.child is None:
+            where = f" during stage '{self.stage}'" if self.stage else ""
+            raise SystemExit(f"stopped by {signal.Signals(signum).name}{where}; rerun the same command to continue")
+        self.child.send_signal(signum)
 
     def done(self, stage: str) -> dict | None:
         return self.record["stages"].get(stage)
@@ -142,14 +157,19 @@ class Stages:
     def run(self, stage: str, args: list) -> float:
         """One real script with this interpreter; returns its wall time. Fails with the log's tail."""
         cmd = [sys.executable, *map(str, args)]
-        log = self.logs / f"{stage}.log"
+        self.stage, log = stage, self.logs / f"{stage}.log"
         print(f"[{stage}] $ python {' '.join(map(str, args))}\n    log: {log}", flush=True)
         t = time.time()
         with open(log, "a") as f:
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
-            code = subprocess.run(cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT).returncode
+            self.child = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+            code = self.child.wait()
+            self.child = self.stage = None
         elapsed = time.time() - t
+        if self.signals:
+            raise SystemExit(f"stopped by {signal.Signals(self.signals[0]).name} during stage '{stage}' (it saved "
+                             f"what it had, exit {code}); rerun the same command to continue")
         if code != 0:
             tail = "\n".join(log.read_text().strip().splitlines()[-12:])
             raise SystemExit(f"error: stage '{stage}' failed (exit {code}) after {elapsed:.0f} s; see {log}\n{tail}")

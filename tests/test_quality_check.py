@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +52,41 @@ def finished(tmp_path_factory) -> tuple[Path, list[str], subprocess.CompletedPro
     flags = ["--train_dir", str(root / "train"), "--val_dir", str(root / "val"), "--output_dir", str(root / "out"),
              "--device", "cpu", "--base_minutes", "0.02", "--base_config", "tiny_24khz", "--finetune_steps", "2",
              "--epochs", "2", "--finetune_flags", "--batch_size 2 --segment_length 0.2 --val_segment_length 0.4"]
+    # `kill PID` of the quality check (not its group) while a fine-tune runs: the trainer gets the
+    # signal too (no orphan left writing) and saves; the check exits non-zero saying how to continue
+    first = subprocess.Popen([sys.executable, str(REPO / "scripts" / "quality_check.py"), *flags], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trainer_log = root / "out" / "runs" / "adversarial_recipe" / "training.log"
+    for line in first.stdout:
+        if line.startswith("[adversarial_recipe] $"):
+            deadline = time.time() + 120
+            while not (trainer_log.is_file() and trainer_log.stat().st_size) and time.time() < deadline:
+                time.sleep(0.05)  # until the trainer is up and logging (its stop handler installed)
+            os.kill(first.pid, signal.SIGTERM)
+            break
+    _, err = first.communicate(timeout=120)
+    assert first.returncode != 0 and "stopped by SIGTERM during stage 'adversarial_recipe'" in err, err[-2000:]
+    assert "signal SIGTERM received" in trainer_log.read_text()  # the trainer itself stopped, cleanly
+    assert not live_processes_naming(root / "out" / "runs")
+    # the same command again finishes every stage
     proc = quality_check(*flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[adversarial_recipe] $" in proc.stdout and "[cache_train]" not in proc.stdout  # cache was done
     return root / "out", flags, proc
+
+
+def live_processes_naming(path: Path) -> list[int]:
+    """PIDs of live (non-zombie) processes whose command line mentions ``path``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                continue
+            if str(path) in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_every_stage_runs_and_results_are_complete(finished):
