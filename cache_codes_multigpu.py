@@ -26,7 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(CacheConfig):
-        if f.type in (bool, "bool"):
+        if f.type in (bool, "bool") and f.default:  # on by default: --no-NAME turns it off
+            ap.add_argument(f"--no-{f.name}", dest=f.name, action="store_false",
+                            help=f"turn off: {f.metadata['help']} (default: {f.name}=%(default)s)")
+        elif f.type in (bool, "bool"):
             ap.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)

@@ -1,4 +1,4 @@
-"""cache_codes_multigpu.py on CPU with a tiny model: exact codes, bad files, crash + resume."""
+"""cache_codes_multigpu.py on CPU with a tiny model: exact codes, bad files, length order, crash + resume."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import torch
 
 from helpers_cache import REPO, TINY_CONFIG, encode_single, load_script, save_tiny_model, write_audio
 from snac import SNAC
-from snac.cache import list_shards
-from snac.cache.encode import BatchEncoder, LengthBuckets, LoadedItem, padded_length
+from snac.cache import CodeCache, list_shards
+from snac.cache.encode import BatchEncoder, LengthBuckets, LoadedItem, padded_length, sort_by_length
+from snac.cache.run import _Progress
 
 cli = load_script("cache_codes_multigpu.py")
 TARGET = 48000
@@ -167,6 +168,44 @@ def test_pending_audio_is_bounded():
     assert emitted + sum(len(b) for b in buckets.flush()) == 59
 
 
+def test_sorted_input_fills_batches_and_holds_one_bucket():
+    pad, batch = 2048, 24 * 2048
+    # lengths in 8 padded sizes, interleaved as a path-sorted list mixes them
+    lengths = [pad * (k % 8 + 1) - 100 for k in range(60)]
+    items = [LoadedItem(f"f{k}", f"f{k}", torch.zeros(n), n / 24000, 0, 24000, 1, None) for k, n in enumerate(lengths)]
+    mean_fill = {}
+    for order, sort in (("list", False), ("sorted", True)):
+        todo = sort_by_length(items, [it.duration for it in items]) if sort else items
+        buckets = LengthBuckets(pad, batch_samples=batch, max_pending_samples=batch, sorted_input=sort)
+        batches = []
+        for it in todo:
+            batches += buckets.add(it)
+            assert buckets.pending <= batch and (len(buckets.buckets) == 1 or not sort)  # sorted: one bucket
+        batches += buckets.flush()
+        assert sorted(it.path for b in batches for it in b) == sorted(it.path for it in items)
+        assert all(len({padded_length(it.audio.shape[-1], pad) for it in b}) == 1 for b in batches)
+        mean_fill[order] = np.mean([buckets.fill(b) for b in batches])
+    assert mean_fill["list"] < 0.35 and mean_fill["sorted"] > 0.7
+    # fill: real samples over the batch's capacity, or over its padded size for one longer item
+    buckets = LengthBuckets(pad, batch_samples=batch, max_pending_samples=batch)
+    assert buckets.fill(items[:1]) == (pad - 100) / batch
+    long = LoadedItem("l", "l", torch.zeros(30 * pad - 7), 1.0, 0, 24000, 1, None)
+    assert buckets.fill([long]) == (30 * pad - 7) / (30 * pad)
+    # unreadable headers (None) first; equal lengths keep their given order
+    assert sort_by_length(["a", "b", "c", "d"], [2.0, None, 1.0, 1.0]) == ["b", "c", "d", "a"]
+
+
+def test_progress_eta_follows_audio_once_every_header_is_known():
+    p = _Progress(total_files=4, log_every=1e9)
+    p.update({"planned_files": 4, "planned_seconds": 100.0})
+    # shortest first: half the files are done but only a tenth of the audio
+    p.update({"files": 2, "seconds": 10.0, "planned_done": 10.0, "batches": 2, "batch_fill_sum": 1.5})
+    p.start = time.monotonic() - 100.0
+    line = p.line()
+    assert "2/4 files (50.0%)" in line and "(10.0%)" in line and "batch fill 75%" in line
+    assert "ETA 0:15:00" in line  # 100 s for 10% of the audio: 900 s to go, not 100 s
+
+
 def test_out_of_memory_batch_is_retried_smaller():
     torch.manual_seed(0)
     model = SNAC(**TINY_CONFIG).eval()
@@ -214,7 +253,8 @@ def corpus(tmp_path_factory):
     return dict(root=root, model_dir=model_dir, audio=root / "audio", files=files)
 
 
-def test_resume_after_a_worker_dies_mid_run(corpus, tmp_path):
+@pytest.mark.parametrize("resume_flags", [[], ["--no-sort_by_length"]], ids=["sorted", "resumed_in_list_order"])
+def test_resume_after_a_worker_dies_mid_run(corpus, tmp_path, resume_flags):
     cache = tmp_path / "cache"
     common = ["--input_dir", corpus["audio"], "--output_dir", cache, "--pretrained_model", corpus["model_dir"],
               "--devices", "cpu", "--workers_per_device", 2, "--shard_rows", 2, "--batch_seconds", 1]
@@ -223,9 +263,34 @@ def test_resume_after_a_worker_dies_mid_run(corpus, tmp_path):
     m = json.loads((cache / "manifest.json").read_text())
     assert not m["complete"] and m["failed_workers"] == [0] and 0 < m["rows"] < len(corpus["files"])
     kept = set(shard_table(cache)["path"].to_pylist())
-    assert run_cli(*common) == 0
+    assert run_cli(*common, *resume_flags) == 0
     _assert_complete(cache, corpus["files"])
     assert kept <= set(shard_table(cache)["path"].to_pylist())
+
+
+def test_sorted_order_caches_the_same_rows_as_list_order(corpus, tmp_path, capsys):
+    """Shortest-first caching changes only the order rows are written in: the rows (codes and
+    all), and the reader's path-ordered view of them, equal a list-order run's."""
+    runs = {}
+    for order, flags in (("sorted", []), ("list", ["--no-sort_by_length"])):
+        cache = tmp_path / order
+        assert run_cli("--input_dir", corpus["audio"], "--output_dir", cache, "--pretrained_model",
+                       corpus["model_dir"], "--devices", "cpu", "--shard_rows", 100, "--batch_seconds", 2, *flags) == 0
+        _assert_complete(cache, corpus["files"])
+        m = json.loads((cache / "manifest.json").read_text())["last_run"]
+        assert m["sort_by_length"] == (order == "sorted") and 0 < m["mean_batch_fill"] <= 1 and m["batches"] > 1
+        assert "encoder batches, mean fill" in capsys.readouterr().out
+        runs[order] = (shard_table(cache).to_pylist(), CodeCache(cache, TINY_CONFIG))
+    (sorted_rows, sorted_cache), (list_rows, list_cache) = runs["sorted"], runs["list"]
+    # one worker, one shard: the sorted run wrote shortest first, the list run did not
+    durations = [r["duration"] for r in sorted_rows]
+    assert durations == sorted(durations) and [r["path"] for r in list_rows] != [r["path"] for r in sorted_rows]
+    assert sorted(sorted_rows, key=lambda r: r["id"]) == sorted(list_rows, key=lambda r: r["id"])
+    assert len(sorted_cache) == len(list_cache) == len(corpus["files"])
+    for i in range(len(sorted_cache)):
+        assert sorted_cache.path(i) == list_cache.path(i) and sorted_cache.row_id(i) == list_cache.row_id(i)
+        for a, b in zip(sorted_cache.codes(i), list_cache.codes(i)):
+            assert np.array_equal(a, b)
 
 
 def test_resume_after_the_whole_run_is_killed(corpus, tmp_path):
@@ -281,3 +346,19 @@ def test_file_list_paths_and_row_ids(tmp_path):
     with pytest.raises(ValueError, match="outside the input root"):
         read_file_list(listing, tmp_path / "data" / "a" / "deeper")
     assert make_row_ids(["s/u1.wav", "s/u2.wav", "s/u2.flac"]) == ["s/u1", "s/u2.wav", "s/u2.flac"]
+
+
+def test_worker_threads_share_the_node_and_respect_omp_num_threads(monkeypatch):
+    """Torch threads per cache worker: this process's CPUs, split over torchrun's local ranks and
+    the workers, capped by OMP_NUM_THREADS (oversubscribed threads ran 3-5x slower)."""
+    from snac.cache.config import worker_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert worker_cpus(2) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks on the node: 2 CPUs each
+    assert worker_cpus(1) == 2 and worker_cpus(4) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert worker_cpus(1) == 1

@@ -1,6 +1,7 @@
 """From input files to codes: listing, loading (mono, resampled), length buckets, batch encoder.
 
-Items are grouped by padded length so a batch never adds padding an item would not get alone.
+Items are grouped by padded length so a batch never adds padding an item would not get alone;
+a worker reads its files shortest first (durations from the headers) so those groups fill up.
 """
 
 from __future__ import annotations
@@ -88,6 +89,23 @@ def partition(items: list, worker_index: int, num_workers: int) -> list:
     return items[worker_index::num_workers]
 
 
+def header_seconds(path: str | os.PathLike) -> float | None:
+    """A file's duration from its header (nothing decoded); None when the header cannot be read
+    (such a file is rejected when it is loaded, with the loader's reason)."""
+    try:
+        info = audio_info(path)
+    except (AudioError, OSError):
+        return None
+    return info.frames / info.sample_rate if info.sample_rate > 0 else None
+
+
+def sort_by_length(items: list, seconds: list[float | None]) -> list:
+    """``items`` shortest first by ``seconds`` (unreadable headers first; ties keep their order),
+    so files of equal padded length arrive together and fill their batches."""
+    key = [-1.0 if s is None else s for s in seconds]
+    return [items[i] for i in sorted(range(len(items)), key=key.__getitem__)]
+
+
 # ---- one file -> model input; batches of equal padded length -> codes ----
 
 @dataclasses.dataclass
@@ -130,6 +148,15 @@ def padded_length(num_samples: int, pad_multiple: int) -> int:
     return max(1, math.ceil(num_samples / pad_multiple)) * pad_multiple
 
 
+def stack_padded(items: list[LoadedItem], pad_multiple: int):
+    """Items of one padded length -> (B, 1, length), each zero-padded exactly as SNAC pads it alone."""
+    import torch
+    import torch.nn.functional as F
+
+    length = padded_length(items[0].audio.shape[-1], pad_multiple)
+    return torch.stack([F.pad(it.audio, (0, length - it.audio.shape[-1])) for it in items]).unsqueeze(1)
+
+
 class LengthBuckets:
     """Groups items by padded length, so a batch never adds padding beyond what the item gets
     alone (extra zeros would change its last frames through the conv biases).
@@ -137,18 +164,28 @@ class LengthBuckets:
     ``add`` returns the batches that are ready: a bucket is emitted before it would exceed
     ``batch_samples`` padded samples, and the fullest bucket is emitted early whenever the
     pending audio exceeds ``max_pending_samples`` (bounds memory when lengths are spread).
+    With ``sorted_input`` (items arrive shortest first) a bucket shorter than the item just added
+    is complete and is emitted at once; an item out of order only starts a new bucket.
     """
 
-    def __init__(self, pad_multiple: int, batch_samples: int, max_pending_samples: int):
+    def __init__(self, pad_multiple: int, batch_samples: int, max_pending_samples: int,
+                 sorted_input: bool = False):
         self.pad_multiple = pad_multiple
         self.batch_samples = max(batch_samples, pad_multiple)
         self.max_pending_samples = max(max_pending_samples, self.batch_samples)
+        self.sorted_input = sorted_input
         self.buckets: dict[int, list[LoadedItem]] = {}
         self.pending = 0
 
+    def fill(self, batch: list[LoadedItem]) -> float:
+        """Fraction of the batch's capacity in samples (``batch_samples``, or its padded size when
+        one item alone is longer) that holds real audio rather than padding or nothing."""
+        padded = len(batch) * padded_length(batch[0].audio.shape[-1], self.pad_multiple)
+        return sum(it.audio.shape[-1] for it in batch) / max(self.batch_samples, padded)
+
     def add(self, item: LoadedItem) -> list[list[LoadedItem]]:
         length = padded_length(item.audio.shape[-1], self.pad_multiple)
-        ready = []
+        ready = [self._pop(n) for n in sorted(self.buckets) if n < length] if self.sorted_input else []
         bucket = self.buckets.setdefault(length, [])
         if bucket and (len(bucket) + 1) * length > self.batch_samples:
             ready.append(self._pop(length))
@@ -211,14 +248,6 @@ class BatchEncoder:
         self.cpu_model_loader = cpu_model_loader
         self._cpu_model = None
 
-    def _stack(self, items: list[LoadedItem]):
-        import torch
-        import torch.nn.functional as F
-
-        length = padded_length(items[0].audio.shape[-1], self.pad_multiple)
-        # (B, 1, length): every item zero-padded exactly as SNAC pads it alone
-        return torch.stack([F.pad(it.audio, (0, length - it.audio.shape[-1])) for it in items]).unsqueeze(1)
-
     def _run(self, model, x, device: str) -> list:
         import torch
 
@@ -232,7 +261,7 @@ class BatchEncoder:
         retries after this returns, so the failed attempt's tensors (held by the exception's
         traceback frames) are already freed when the smaller batch runs."""
         try:
-            return self._run(model, self._stack(items), device)
+            return self._run(model, stack_padded(items, self.pad_multiple), device)
         except Exception as e:
             if not _is_oom(e):
                 raise

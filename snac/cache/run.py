@@ -23,9 +23,9 @@ from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS, AudioError
 from ..fileio import write_json_atomic
-from .config import CacheConfig, default_io_threads, parse_devices
+from .config import CacheConfig, default_io_threads, parse_devices, worker_cpus
 from .encode import (PENDING_BATCHES, BatchEncoder, FileTooLarge, LengthBuckets, LoadedItem, find_audio_files,
-                     load_item, make_row_ids, partition, read_file_list)
+                     header_seconds, load_item, make_row_ids, partition, read_file_list, sort_by_length)
 from .format import (FORMAT_VERSION, INDEX_PREFIX, LOCK_NAME, MANIFEST_NAME, META_DIR, QUARANTINE_DIR,
                      SETTINGS_NAME, SHARD_PREFIX, SHARD_SUFFIX, list_shards, model_settings, now_iso, reject_log,
                      shard_schema, validate_target_sample_rate, weights_fingerprint, write_manifest)
@@ -48,6 +48,7 @@ class WorkerSpec:
     max_seconds: float
     torch_threads: int
     io_threads: int
+    sort_by_length: bool = True            # read the headers first, cache shortest first (fuller batches)
     crash_after_shards: int | None = None  # test hook: hard exit after writing this many shards
 
 
@@ -86,9 +87,11 @@ def load_checked_model(pretrained_model: str, settings: dict):
 
 def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     """Cache ``spec.items``: threads read and resample files ahead while this thread encodes
-    batches of equal padded length and writes shards. Sends ('progress', ...) and finally
-    ('done', index, stats) on ``events`` (a queue) when given. ``model`` (already on the device)
-    skips loading, for benchmarks in one process. Returns the stats."""
+    batches of equal padded length and writes shards; with ``spec.sort_by_length`` the files go
+    shortest first (durations from their headers) so those batches fill up. Sends ('progress',
+    ...) and finally ('done', index, stats) on ``events`` (a queue) when given. ``model`` (already
+    on the device) skips loading, for benchmarks in one process. Returns the stats (``batches``
+    and ``batch_fill_sum``: the mean batch fill is their ratio)."""
     import torch
 
     stop = threading.Event()
@@ -112,12 +115,14 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     batch_samples = int(spec.batch_seconds * s["model_sample_rate"])
     # Speech spans ~100 padded lengths; holding up to 16 batches of audio (~90 MB at 60 s, 24 kHz)
     # lets buckets fill before the fullest is sent early.
-    buckets = LengthBuckets(s["pad_multiple"], batch_samples, PENDING_BATCHES * batch_samples)
+    buckets = LengthBuckets(s["pad_multiple"], batch_samples, PENDING_BATCHES * batch_samples,
+                            sorted_input=spec.sort_by_length)
     reject_log(out, spec.worker_index).parent.mkdir(parents=True, exist_ok=True)
     stats = collections.Counter()
     pending = collections.Counter()  # progress not yet sent
     last_sent = time.monotonic()
     started = time.monotonic()
+    planned: dict[str, float] = {}  # header seconds per path, when sorting (weighs the launcher's ETA)
 
     def send(force: bool = False) -> None:
         nonlocal last_sent
@@ -131,6 +136,7 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
         stats["rejected"] += 1
         pending["rejected"] += 1
         pending["files"] += 1
+        pending["planned_done"] += planned.get(path, 0.0)
 
     def emit(batch: list[LoadedItem]) -> None:
         t0 = time.monotonic()
@@ -156,10 +162,19 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
             stats["upsampled"] += it.sample_rate < s["target_sample_rate"]
             pending["files"] += 1
             pending["seconds"] += it.duration
+            pending["planned_done"] += planned.get(it.path, 0.0)
             if spec.crash_after_shards is not None and len(writer.written) > before \
                     and len(writer.written) >= spec.crash_after_shards:
                 os._exit(3)  # test hook: die hard like a killed process (no flush, no message)
         send()
+
+    def emit_all(batches: list[list[LoadedItem]]) -> None:
+        for batch in batches:
+            fill = buckets.fill(batch)
+            for counter in (stats, pending):
+                counter["batches"] += 1
+                counter["batch_fill_sum"] += fill
+            emit(batch)
 
     def load(item: tuple[str, str]):
         try:
@@ -172,8 +187,17 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
 
     ahead = max(4, 4 * spec.io_threads)
     with ThreadPoolExecutor(spec.io_threads, thread_name_prefix="load") as pool:
+        items = spec.items
+        if spec.sort_by_length:  # headers only (cheap); the files' order does not change their codes
+            t0 = time.monotonic()
+            seconds = list(pool.map(lambda item: header_seconds(os.path.join(spec.input_root, item[0])), items))
+            items = sort_by_length(items, seconds)
+            planned.update((path, sec or 0.0) for (path, _), sec in zip(spec.items, seconds))
+            stats["sort_seconds"] = time.monotonic() - t0
+            pending.update(planned_files=len(items), planned_seconds=sum(planned.values()))
+            send(force=True)
         inflight: collections.deque = collections.deque()
-        it = iter(spec.items)
+        it = iter(items)
         while True:
             while len(inflight) < ahead and not stop.is_set():
                 nxt = next(it, None)
@@ -187,12 +211,10 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
                 reject(*res)
                 send()
             else:
-                for batch in buckets.add(res):
-                    emit(batch)
+                emit_all(buckets.add(res))
         for f in inflight:
             f.cancel()
-    for batch in buckets.flush():  # also on a graceful stop: the loaded items are cached
-        emit(batch)
+    emit_all(buckets.flush())  # also on a graceful stop: the loaded items are cached
     writer.flush()
     send(force=True)
     stats["elapsed"] = time.monotonic() - started
@@ -231,13 +253,18 @@ def _worker_entry(spec: WorkerSpec, events, lifeline) -> None:
 
 
 class _Progress:
-    """tqdm over audio hours on a terminal, plus plain log lines every ``log_every`` seconds."""
+    """tqdm over audio hours on a terminal, plus plain log lines every ``log_every`` seconds.
+
+    Workers that sort their files report every file's header duration first (planned_files,
+    planned_seconds), then each finished file's (planned_done): once all are known, the bar and
+    the ETA follow audio done, not files done (shortest first, files go fastest at the start).
+    """
 
     def __init__(self, total_files: int, log_every: float, prefix: str = "[cache]"):
         self.total_files = total_files
         self.log_every = log_every
         self.prefix = prefix
-        self.files = self.seconds = self.rejected = 0
+        self.totals = collections.Counter()  # sums of the workers' progress deltas
         self.start = time.monotonic()
         self.last_log = self.start
         self.bar = None
@@ -246,28 +273,39 @@ class _Progress:
             self.bar = tqdm(total=0.0, unit="h", desc="audio cached", dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]{postfix}")
 
+    def planned(self) -> bool:
+        return self.totals["planned_files"] >= self.total_files > 0 and self.totals["planned_seconds"] > 0
+
     def update(self, delta: dict) -> None:
-        self.files += delta.get("files", 0)
-        self.seconds += delta.get("seconds", 0.0)
-        self.rejected += delta.get("rejected", 0)
+        self.totals.update(delta)
+        t = self.totals
         if self.bar is not None:
-            # total hours are unknown until every header is read: extrapolate from files done
-            done_cached = max(self.files - self.rejected, 1)
-            self.bar.total = self.seconds / 3600 / done_cached * max(self.total_files - self.rejected, 1)
-            self.bar.n = self.seconds / 3600
-            self.bar.set_postfix_str(f"{self.files}/{self.total_files} files, {self.rejected} rejected", refresh=False)
+            if self.planned():  # hours cached + hours still to do, from the headers
+                self.bar.total = (t["planned_seconds"] - t["planned_done"] + t["seconds"]) / 3600
+            else:  # total hours unknown: extrapolate from the files done
+                done_cached = max(t["files"] - t["rejected"], 1)
+                self.bar.total = t["seconds"] / 3600 / done_cached * max(self.total_files - t["rejected"], 1)
+            self.bar.n = t["seconds"] / 3600
+            self.bar.set_postfix_str(f"{t['files']}/{self.total_files} files, {t['rejected']} rejected", refresh=False)
             self.bar.refresh()
         if time.monotonic() - self.last_log >= self.log_every:
             self.log()
 
     def line(self) -> str:
+        t = self.totals
         el = time.monotonic() - self.start
-        rate = self.seconds / el if el > 0 else 0.0
-        frac = self.files / self.total_files if self.total_files else 1.0
-        eta = el / frac - el if frac > 0 else float("nan")
+        rate = t["seconds"] / el if el > 0 else 0.0
+        frac = t["files"] / self.total_files if self.total_files else 1.0
+        audio = f"{t['seconds'] / 3600:.3f} h of audio"
+        work = frac
+        if self.planned():
+            work = t["planned_done"] / t["planned_seconds"]
+            audio += f" ({100 * work:.1f}%)"
+        eta = el / work - el if work > 0 else float("nan")
+        fill = f" | batch fill {100 * t['batch_fill_sum'] / t['batches']:.0f}%" if t["batches"] else ""
         fmt = lambda s: str(datetime.timedelta(seconds=int(s))) if math.isfinite(s) else "?"
-        return (f"{self.prefix} {self.files:,}/{self.total_files:,} files ({100 * frac:.1f}%) | "
-                f"{self.seconds / 3600:.3f} h of audio | {rate:.1f} audio-s/s | rejected {self.rejected} | "
+        return (f"{self.prefix} {t['files']:,}/{self.total_files:,} files ({100 * frac:.1f}%) | "
+                f"{audio} | {rate:.1f} audio-s/s{fill} | rejected {t['rejected']} | "
                 f"elapsed {fmt(el)} | ETA {fmt(eta)}")
 
     def log(self) -> None:
@@ -421,8 +459,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             ([devices[local_rank % len(devices)]] if cfg.devices else [f"cuda:{local_rank}"])
     slots = [d for d in devices for _ in range(cfg.workers_per_device)]
     num_workers = world * len(slots)
-    cpus = os.cpu_count() or 1
-    local_cpus = max(1, cpus // len(slots))
+    local_cpus = worker_cpus(len(slots))
     specs = []
     for k, device in enumerate(slots):
         g = rank * len(slots) + k
@@ -432,7 +469,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             output_dir=str(out), pretrained_model=cfg.pretrained_model, settings=settings,
             shard_rows=cfg.shard_rows, batch_seconds=cfg.batch_seconds, max_seconds=cfg.max_seconds,
             torch_threads=local_cpus,
-            io_threads=cfg.io_threads or default_io_threads(local_cpus, device),
+            io_threads=cfg.io_threads or default_io_threads(local_cpus, device), sort_by_length=cfg.sort_by_length,
             crash_after_shards=crash_after_shards if g == 0 else None))
     todo = sum(len(s.items) for s in specs)
     mine_total = sum(len(partition(items, s.worker_index, num_workers)) for s in specs)
@@ -441,6 +478,9 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
         f"[{', '.join(slots)}]" + (f" of {num_workers} in all (rank {rank}/{world})" if distributed else ""))
     say(f"model {model_id}: {settings['model_sample_rate']} Hz, hop {settings['hop_length']}, strides "
         f"{settings['vq_strides']}; target {cfg.target_sample_rate} Hz; output {out}")
+    if cfg.sort_by_length and todo:
+        say("each worker reads its files' headers first, then caches them shortest first (fuller batches; "
+            "--no-sort_by_length keeps list order)")
 
     # ---- run the workers and follow their progress ----
     ctx = worker_context()
@@ -515,6 +555,9 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
         results = {g: v for r in gathered for g, v in r["results"].items()}
     elapsed = time.monotonic() - t_start
     encoded_seconds = sum(r.get("audio_seconds", 0.0) for r in results.values())
+    batches = sum(r.get("batches", 0) for r in results.values())
+    # mean over this run's encoder batches of the share of --batch_seconds holding real audio
+    batch_fill = sum(r.get("batch_fill_sum", 0.0) for r in results.values()) / batches if batches else None
     status = 0 if not failed and not interrupted else 1
     if rank == 0:
         manifest = write_manifest(out, settings, {
@@ -523,14 +566,18 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             "last_run": {"workers": num_workers, "devices": slots if not distributed else f"{world} ranks",
                          "elapsed_seconds": round(elapsed, 1), "files_cached": sum(r.get("rows", 0) for r in results.values()),
                          "audio_seconds_per_second": round(encoded_seconds / elapsed, 2) if elapsed > 0 else None,
-                         "oom_retries": sum(r.get("oom_retries", 0) for r in results.values())}})
+                         "oom_retries": sum(r.get("oom_retries", 0) for r in results.values()),
+                         "batches": batches, "mean_batch_fill": None if batch_fill is None else round(batch_fill, 4),
+                         "sort_by_length": cfg.sort_by_length}})
         if manifest["complete"] and manifest["rows"]:
             build_index(out)
         rej = manifest["rejected"]
         say(f"summary: {manifest['rows']:,} rows in {len(manifest['shards'])} shards, "
             f"{manifest['hours']:.3f} h of audio; this run cached {sum(r.get('rows', 0) for r in results.values()):,} "
             f"files ({encoded_seconds / 3600:.3f} h) at {encoded_seconds / max(elapsed, 1e-9):.1f} audio-s/s "
-            f"in {datetime.timedelta(seconds=int(elapsed))}; rejected {len(rej)}; upsampled to "
+            f"in {datetime.timedelta(seconds=int(elapsed))}"
+            + (f" ({batches:,} encoder batches, mean fill {100 * batch_fill:.0f}%)" if batches else "")
+            + f"; rejected {len(rej)}; upsampled to "
             f"{cfg.target_sample_rate} Hz (source rate below it) {manifest['upsampled']}")
         for r in rej[:10]:
             say(f"  rejected {r['path']}: {r['reason']}")
