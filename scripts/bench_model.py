@@ -1,6 +1,7 @@
-"""Speed of our SNAC against upstream SNAC 1.2.1 on the same weights, and SNAC48 vs stock decode.
+"""Speed of our SNAC against upstream SNAC 1.2.1 on the same weights, and SNAC48 vs stock decode
+(the full head, and the lite head at --lite_channels branch widths).
 
-    uv run python scripts/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda]
+    uv run python scripts/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda] [--lite_channels 16,32]
 
 Prints a table of median times and ratios measured in this one process (timings interleaved so
 that machine noise hits both sides alike). The reference wheel is fetched like the parity tests do.
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--lite_channels", default="16,32", help="branch widths of the lite heads to time")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,6 +55,8 @@ def main() -> None:
     folded = fold_weight_norm(SNAC(**SNAC_24KHZ).eval().to(dev).requires_grad_(False), ours.state_dict())
     m48 = SNAC48.from_snac(ours).eval()
     m48_folded = fold_weight_norm(SNAC48(SNAC_24KHZ).eval().to(dev).requires_grad_(False), m48.state_dict())
+    lites = {int(c): SNAC48.from_snac(ours, head={"type": "lite", "branch_channels": int(c)}).eval()
+             for c in args.lite_channels.split(",") if c}
 
     audio = 0.1 * torch.randn(args.batch, 1, int(args.seconds * 24000), device=dev)
     with torch.inference_mode():
@@ -64,6 +68,7 @@ def main() -> None:
             "stock 24k decode": lambda: ours.decode(codes),
             "SNAC48 decode": lambda: m48.decode(codes),
             "SNAC48 folded decode": lambda: m48_folded.decode(codes),
+            **{f"SNAC48 lite-{c} decode": (lambda m=m: m.decode(codes)) for c, m in lites.items()},
         }
         for fn in cases.values():  # warm-up
             fn()
@@ -82,6 +87,9 @@ def main() -> None:
           f"{med['ours folded encode+decode'] / med['reference encode+decode']:.3f}")
     print(f"SNAC48 / stock 24k decode:               {med['SNAC48 decode'] / med['stock 24k decode']:.3f}")
     print(f"SNAC48 folded / stock 24k decode:        {med['SNAC48 folded decode'] / med['stock 24k decode']:.3f}")
+    for c in lites:
+        print(f"{'SNAC48 lite-' + str(c) + ' / stock 24k decode:':41s}"
+              f"{med[f'SNAC48 lite-{c} decode'] / med['stock 24k decode']:.3f}")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="both recipes run exactly this many iterations instead (no time limit)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of each fine-tune's plan, the first head-only "
                                                          "(default: 3; the time limit may end it sooner)")
+    p.add_argument("--head", choices=("full", "lite"), default="full",
+                   help="the 48 kHz head of smart_init and both fine-tunes (finetune_decoder_48khz.py --head)")
+    p.add_argument("--head_channels", type=int, default=None, help="branch channels of --head lite")
+    p.add_argument("--codes_from", default=None,
+                   help="reuse the code caches of an earlier quality check (its OUTPUT_DIR; same base and "
+                        "data): skips the cache stage")
     p.add_argument("--finetune_flags", default="",
                    help="extra finetune_decoder_48khz.py flags for both recipes, e.g. '--batch_size 16'")
     p.add_argument("--silence_db", type=float, default=40.0,
@@ -101,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--base_minutes must be >= 0, --finetune_minutes > 0, --epochs >= 2, --threads >= 1")
     if args.finetune_steps is not None and args.finetune_steps < 1:
         p.error(f"--finetune_steps must be >= 1, got {args.finetune_steps}")
+    if args.head_channels is not None and (args.head != "lite" or args.head_channels < 1):
+        p.error(f"--head_channels {args.head_channels}: only with --head lite, and >= 1")
+    if args.codes_from is not None and not all((Path(args.codes_from) / "cache" / part / "manifest.json").is_file()
+                                               for part in ("train", "val")):
+        p.error(f"--codes_from {args.codes_from} holds no finished cache/train and cache/val; pass the OUTPUT_DIR "
+                "of a finished quality check")
     if args.base_model and args.base_minutes > 0:
         p.error("--base_model and --base_minutes both given: use a base, or train one; drop one")
     for flag in ("train_dir", "val_dir"):
@@ -209,6 +221,10 @@ def device_flag(args: argparse.Namespace, name: str) -> list:
 
 
 def stage_cache(st: Stages, args: argparse.Namespace, base: Path) -> dict[str, Path]:
+    """Codes of train and val at 48 kHz (or an earlier check's: the trainers refuse codes of other
+    weights through the cache's weights fingerprint)."""
+    if args.codes_from is not None:
+        return {part: Path(args.codes_from).resolve() / "cache" / part for part in ("train", "val")}
     caches = {part: st.out / "cache" / part for part in ("train", "val")}
     if not st.done("cache"):
         t = time.time()
@@ -224,6 +240,7 @@ def finetune_command(args: argparse.Namespace, recipe: str, base: Path, caches: 
     return ["finetune_decoder_48khz.py", "--config", RECIPE_CONFIGS[recipe], "--pretrained_model", base,
             "--train_codes", caches["train"], "--val_codes", caches["val"], "--output_dir", run_dir,
             "--epochs", args.epochs, "--seed", args.seed, "--resume", "auto", *device_flag(args, "--device"),
+            "--head", args.head, *(["--head_channels", args.head_channels] if args.head_channels else []),
             *args.finetune_flags.split()]
 
 
@@ -263,7 +280,8 @@ def stage_evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpo
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     base = SNAC.from_pretrained(base_dir).to(device).eval()
-    systems = {"baseline": base, "smart_init": SNAC48.from_snac(base).to(device).eval()}
+    head = {"type": args.head, **({"branch_channels": args.head_channels} if args.head_channels else {})}
+    systems = {"baseline": base, "smart_init": SNAC48.from_snac(base, head=head).to(device).eval()}
     for recipe, path in checkpoints.items():
         systems[recipe] = load_model(path).to(device).eval()
     systems = {name: systems[name] for name in SYSTEMS}
@@ -314,7 +332,9 @@ def markdown(results: dict) -> str:
     band = f"{s['band_hz'][0] / 1000:g}-{s['band_hz'][1] / 1000:g} kHz"
     header = ["system", "iterations"] + [label.format(band=band) for _, label, _ in COLUMNS]
     lines = ["# Quality check", "",
-             f"Base codec: {results['base_model']}. {s['val_files']} val files ({s['val_seconds']:.0f} s) from "
+             f"Base codec: {results['base_model']}; 48 kHz head: {s['head']}"
+             f"{'' if s.get('head_channels') is None else ' (' + str(s['head_channels']) + ' branch channels)'}. "
+             f"{s['val_files']} val files ({s['val_seconds']:.0f} s) from "
              f"`{s['val_dir']}`, compared at 48 kHz; reference frames more than {s['silence_db']:g} dB below "
              f"each file's loudest left out. The band metrics score the {s['band_files']} files whose recording "
              f"holds at least {s['min_band_db']:g} dB of its energy in the band ({s['band_empty_files']} hold less: "

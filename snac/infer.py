@@ -81,7 +81,12 @@ def decoder_context_frames(model: SNAC | SNAC48) -> int:
     for rate in cfg["decoder_rates"]:
         radius += 1 / scale + RESIDUAL_RADIUS / (scale * rate)
         scale *= rate
-    if isinstance(model, SNAC48):
+    if isinstance(model, SNAC48) and model.config["head"]["type"] == "lite":
+        factor, taps = model.factor, model.config["head"]["interp_taps"]
+        # the stock k7 conv + the interpolator at the base rate; the branch: upsampler, residual
+        # stack and k7 conv at F x the rate
+        radius += max((3 + taps) / scale, 1 / scale + (RESIDUAL_RADIUS + 3) / (scale * factor))
+    elif isinstance(model, SNAC48):
         factor = model.factor
         kernel = model.head.conv.kernel_size[0]
         radius += 1 / scale + (RESIDUAL_RADIUS + kernel // 2) / (scale * factor)

@@ -12,6 +12,17 @@ the residual units and the noise start as identities (zero magnitude on their ou
 Snake copies the base's final alphas, and the final conv is the base's 7-tap kernel dilated by F
 and convolved with a windowed-sinc interpolator. So every F-th output sample equals the base
 decoder's output, and the samples between interpolate its pre-tanh signal.
+
+That is the ``full`` head (config ``head.type``; a saved config without a type is one). The
+``lite`` head computes the same start for a fraction of the cost:
+
+    trunk features -> base Snake -> base 7-tap conv (at the base rate, copied) -> fixed windowed-sinc
+    xF interpolation  +  a learned branch of few channels at F x the rate (1x1 conv in, upsample xF,
+    [noise], 3 residual units, Snake, 7-tap conv out: zero at init)  -> tanh
+
+so at step 0 it is the interpolated stock output (every F-th sample equals the stock decode; the
+samples between equal the full head's start away from the file ends), and only the branch (and
+the copied output layers) run at the new rate or learn.
 """
 
 from __future__ import annotations
@@ -48,6 +59,16 @@ def interp_taps(factor: int, kernel: int) -> int:
         raise ValueError(f"head final_kernel {kernel} is not a x{factor} head's kernel "
                          f"(expected {final_kernel_size(factor, 1)} + a multiple of {2 * factor})")
     return taps
+
+
+def sinc_interpolator(factor: int, taps: int) -> torch.Tensor:
+    """(2*F*taps - 1,) float64 Hann-squared windowed sinc for xF interpolation of a zero-stuffed
+    signal: 1 at offset 0, exactly 0 at the other multiples of F (so the kept samples stay)."""
+    offsets = torch.arange(-(factor * taps - 1), factor * taps, dtype=torch.float64) / factor
+    interp = torch.sinc(offsets) * torch.cos(torch.pi * offsets / (2 * taps)).pow(2)
+    interp[torch.arange(len(offsets)) % factor == (factor * taps - 1) % factor] = 0.0
+    interp[factor * taps - 1] = 1.0
+    return interp
 
 
 class UpsampleHead(nn.Module):
@@ -95,14 +116,79 @@ class UpsampleHead(nn.Module):
         # interpolation of the base's pre-tanh output).
         dilated = torch.zeros(base_conv.weight.shape[:2] + (f * (BASE_KERNEL - 1) + 1,), dtype=torch.float64)
         dilated[..., ::f] = base_conv.weight.double()  # (1, C, F*6+1)
-        offsets = torch.arange(-(f * self.taps - 1), f * self.taps, dtype=torch.float64) / f
-        interp = torch.sinc(offsets) * torch.cos(torch.pi * offsets / (2 * self.taps)).pow(2)
+        interp = sinc_interpolator(f, self.taps)
         c_in = dilated.shape[1]
         # full convolution of every channel's kernel with the (symmetric) interpolator
         w = torch.nn.functional.conv1d(dilated.reshape(c_in, 1, -1), interp.reshape(1, 1, -1),
                                        padding=len(interp) - 1).reshape(1, c_in, -1)
         set_weight_norm_weight(self.conv, w.to(self.conv.weight.dtype))
         self.conv.bias.copy_(base_conv.bias)
+
+
+class LiteHead(nn.Module):
+    """The base's output layers at the base rate, a fixed sinc xF interpolation of their pre-tanh
+    output, plus a learned ``branch_channels``-wide branch at the new rate whose output starts at 0."""
+
+    def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool, branch_channels: int = 16,
+                 taps: int = INTERP_TAPS):
+        super().__init__()
+        self.factor, self.taps = factor, taps
+        self.snake = Snake1d(channels)  # the base's final Snake + 7-tap conv (copied by smart_init)
+        self.conv = wn_conv1d(channels, 1, kernel_size=BASE_KERNEL, padding=BASE_KERNEL // 2)
+        self.register_buffer("interp", sinc_interpolator(factor, taps).float().view(1, 1, -1), persistent=False)
+        c = branch_channels
+        self.branch_in = wn_conv1d(channels, c, kernel_size=1)
+        self.branch_up = wn_conv_transpose1d(c, c, kernel_size=2 * factor, stride=factor,
+                                             padding=math.ceil(factor / 2), output_padding=factor % 2)
+        self.noise = NoiseBlock(c) if noise else nn.Identity()
+        self.residual = nn.Sequential(*residual_stack(c, c if depthwise else 1))
+        self.branch_snake = Snake1d(c)
+        self.branch_out = wn_conv1d(c, 1, kernel_size=BASE_KERNEL, padding=BASE_KERNEL // 2)
+        self.tanh = nn.Tanh()
+
+    def interpolate(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) -> (B, 1, F*T): zero-stuff, then the windowed sinc (sample F*m stays y[m])."""
+        stuffed = y.new_zeros(y.shape[0], 1, self.factor * y.shape[-1])
+        stuffed[..., ::self.factor] = y
+        return nn.functional.conv1d(stuffed, self.interp.to(y.dtype), padding=self.interp.shape[-1] // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stock = self.interpolate(self.conv(self.snake(x)))  # (B, 1, F*T) the base output, interpolated
+        b = self.residual(self.noise(self.branch_up(self.branch_in(x))))
+        return self.tanh(stock + self.branch_out(self.branch_snake(b)))
+
+    @torch.no_grad()
+    def smart_init(self, base_snake: Snake1d, base_conv: nn.Conv1d) -> None:
+        self.snake.load_state_dict(base_snake.state_dict())
+        self.conv.load_state_dict(base_conv.state_dict())
+        zero_out = [self.branch_out] + ([self.noise.linear] if isinstance(self.noise, NoiseBlock) else [])
+        for conv in zero_out:  # zero magnitude: the branch adds nothing until it learns
+            conv.parametrizations.weight.original0.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
+
+
+HEAD_TYPES = ("full", "lite")
+
+
+def head_config(factor: int, head: dict | None, channels: int) -> dict:
+    """The saved ``config['head']`` filled in (``channels``: the trunk's output channels; a lite
+    branch defaults to min(16, channels)): a config without ``type`` is a full head, so exports of
+    before the lite head keep loading as they were."""
+    head = dict(head or {})
+    kind = head.get("type", "full")
+    if kind not in HEAD_TYPES:
+        raise ValueError(f"head type {kind!r} is not one of {HEAD_TYPES}: a config of a newer version?")
+    if head.get("upsample_factor", factor) != factor:
+        raise ValueError(f"head upsample_factor {head['upsample_factor']} does not match x{factor} (target / base "
+                         "rate): the config is inconsistent")
+    if kind == "full":
+        return {"type": "full", "upsample_factor": factor,
+                "final_kernel": int(head.get("final_kernel", final_kernel_size(factor)))}
+    width, taps = int(head.get("branch_channels", min(16, channels))), int(head.get("interp_taps", INTERP_TAPS))
+    if width < 1 or taps < 1:
+        raise ValueError(f"lite head needs branch_channels >= 1 and interp_taps >= 1, got {width}, {taps}")
+    return {"type": "lite", "upsample_factor": factor, "branch_channels": width, "interp_taps": taps}
 
 
 @register_model("snac48")
@@ -121,13 +207,6 @@ class SNAC48(nn.Module):
         cfg = SNAC(**base_config).config  # normalised (latent_dim filled in)
         self.base_config = cfg
         self.factor = target_sample_rate // base_rate
-        head = dict(head or {})
-        if head.get("upsample_factor", self.factor) != self.factor:
-            raise ValueError(f"head upsample_factor {head['upsample_factor']} does not match "
-                             f"{target_sample_rate} / {base_rate} Hz = x{self.factor}: the config is inconsistent")
-        kernel = int(head.get("final_kernel", final_kernel_size(self.factor)))
-        self.config = {"base": cfg, "target_sample_rate": target_sample_rate,
-                       "head": {"upsample_factor": self.factor, "final_kernel": kernel}}
         self.sampling_rate = target_sample_rate
         self.base_sampling_rate = base_rate
         self.hop_length = math.prod(cfg["encoder_rates"])
@@ -136,14 +215,21 @@ class SNAC48(nn.Module):
                                                 cfg["codebook_dim"], cfg["vq_strides"])
         layers, channels = decoder_trunk(cfg["latent_dim"], cfg["decoder_dim"], cfg["decoder_rates"],
                                          cfg["noise"], cfg["depthwise"], cfg["attn_window_size"])
+        head = head_config(self.factor, head, channels)
+        self.config = {"base": cfg, "target_sample_rate": target_sample_rate, "head": head}
         self.decoder = nn.Module()
         self.decoder.model = nn.Sequential(*layers)  # keys decoder.model.N as in the base
-        self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"], kernel)
+        if head["type"] == "full":
+            self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"], head["final_kernel"])
+        else:
+            self.head = LiteHead(channels, self.factor, cfg["noise"], cfg["depthwise"], head["branch_channels"],
+                                 head["interp_taps"])
 
     @classmethod
-    def from_snac(cls, base: SNAC, target_sample_rate: int = 48000) -> "SNAC48":
-        """Copy the base's quantizer and decoder trunk; smart-initialise the new head."""
-        model = cls(base.config, target_sample_rate)
+    def from_snac(cls, base: SNAC, target_sample_rate: int = 48000, head: dict | None = None) -> "SNAC48":
+        """Copy the base's quantizer and decoder trunk; smart-initialise the new head (``head``: e.g.
+        ``{"type": "lite", "branch_channels": 16}``; default the full head)."""
+        model = cls(base.config, target_sample_rate, head)
         model.quantizer.load_state_dict(base.quantizer.state_dict())
         n = len(model.decoder.model)
         model.decoder.model.load_state_dict(base.decoder.model[:n].state_dict())

@@ -131,3 +131,48 @@ def test_load_model_reads_a_training_checkpoint(tmp_path):
     loaded = load_model(tmp_path / "ckpt.pt")
     assert isinstance(loaded, SNAC48)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+# ---------------------------------------------------------------- the lite head
+LITE = {"type": "lite", "branch_channels": 8}
+
+
+def test_lite_head_starts_as_the_stock_decode_interpolated(full_base):
+    """Step 0 of the lite head: every second sample IS the stock decode (exactly: the interpolator
+    is 1 at 0 and exactly 0 at the other even taps), the samples between are the full head's start
+    away from the file ends, and the learned branch adds nothing until it trains."""
+    lite = SNAC48.from_snac(full_base, head=LITE).eval()
+    full = SNAC48.from_snac(full_base).eval()
+    with torch.inference_mode():
+        codes = full_base.encode(speechlike(1.0, 24000))
+        outs = []
+        for model in (full_base, lite, full):
+            torch.manual_seed(7)
+            outs.append(model.decode(codes))
+    stock, out_lite, out_full = outs
+    assert torch.equal(out_lite[..., ::2], stock)
+    edge = 2 * 64  # the full head's long final conv sees the zero padding differently near the ends
+    assert (out_lite - out_full)[..., edge:-edge].abs().max() < 1e-4
+    assert lite.config["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 8, "interp_taps": 6}
+
+
+def test_lite_head_round_trip_trains_and_old_configs_stay_full(tmp_path):
+    torch.manual_seed(0)
+    base = SNAC(**SNAC_24KHZ)
+    lite = perturb_parameters_(SNAC48.from_snac(base, head={"type": "lite"}), seed=3)
+    assert lite.config["head"]["branch_channels"] == 16  # min(16, the trunk's 64 channels)
+    lite.save_pretrained(tmp_path / "lite")
+    again = SNAC48.from_pretrained(tmp_path / "lite")
+    assert isinstance(again.head, type(lite.head)) and again.config == lite.config
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), lite.state_dict().values()))
+    # the branch's zero output conv still gets a gradient (through its weight-norm magnitude)
+    fresh = SNAC48.from_snac(SNAC(**TINY_24KHZ), head=LITE)
+    codes = [torch.randint(0, 64, (1, 4 * 2 ** i)) for i in range(3)]
+    fresh.decode(codes).pow(2).sum().backward()
+    assert fresh.head.branch_out.parametrizations.weight.original0.grad.abs().sum() > 0
+    assert {id(p) for p in fresh.head.parameters()} == {id(p) for p in parameter_groups(fresh)["head"]}
+    # a saved config of before the head types (no "type") builds today's full head
+    old = SNAC48(TINY_24KHZ, head={"upsample_factor": 2, "final_kernel": 35})
+    assert old.config["head"]["type"] == "full" and type(old.head).__name__ == "UpsampleHead"
+    with pytest.raises(ValueError, match="head type 'tiny'"):
+        SNAC48(TINY_24KHZ, head={"type": "tiny"})

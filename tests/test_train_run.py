@@ -224,3 +224,17 @@ def trainer_args(data, out, **overrides) -> list[str]:
     from helpers_train import base_args
 
     return base_args(data["root"], data["model"], data["train"], data["val"], out, **overrides)
+
+
+def test_lite_head_trains_resumes_and_exports_its_head(data, tmp_path):
+    """--head lite --head_channels 4: the run builds the lite head, its checkpoints record it, and a
+    resumed run rebuilds the same head from the checkpoint."""
+    assert run(data, tmp_path, batch_size=3, max_steps=2, head="lite", head_channels=4) == 0
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    assert ckpt["model_config"]["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 4,
+                                            "interp_taps": 6}
+    assert any(k.startswith("head.branch_out.") for k in ckpt["model"])
+    assert run(data, tmp_path, batch_size=3, max_steps=3, head="lite", head_channels=4, resume="auto") == 0
+    again = load_checkpoint(tmp_path / "latest.pt")
+    assert again["iteration"] == 3 and again["model_config"] == ckpt["model_config"]
+    assert not equal_state(again["model"], ckpt["model"])  # it trained on

@@ -46,6 +46,9 @@ class TrainConfig:
     seed: int = _opt(1234, "seed of windows, shuffling, model noise: same seed -> same run")
     # ---- schedule ----
     target_sample_rate: int = _opt(48000, "48000: new x2 head (SNAC48); 24000: fine-tune the stock decoder")
+    head: str = _opt("full", "the new head: 'full' (every output layer at the new rate) or 'lite' (the stock "
+                             "output layers at the base rate, sinc-interpolated, + a narrow learned branch)")
+    head_channels: int | None = _opt(None, "channels of the lite head's branch (default: min(16, the trunk's))")
     batch_size: int = _opt(32, "windows per step per rank (scaled by a curriculum's batch_multiplier)")
     epochs: int = _opt(15, "passes over the training rows (one random window per row per epoch)")
     warmup_epochs: int = _opt(1, "first epochs train only the output head; must be < epochs")
@@ -295,6 +298,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.max_minutes is None or cfg.max_minutes > 0, f"--max_minutes must be > 0, got {cfg.max_minutes}")
     need(cfg.num_workers >= 0, f"--num_workers must be >= 0, got {cfg.num_workers}")
     need(cfg.target_sample_rate > 0, f"--target_sample_rate must be positive, got {cfg.target_sample_rate}")
+    need(cfg.head in ("full", "lite"), f"--head must be 'full' or 'lite', got {cfg.head!r}")
+    need(cfg.head_channels is None or (cfg.head == "lite" and cfg.head_channels >= 1),
+         f"--head_channels {cfg.head_channels}: only for --head lite, and >= 1")
     need(cfg.precision in (None, "bf16", "fp32"), f"--precision must be bf16 or fp32, got {cfg.precision!r}")
     device = cfg.device
     need(device is None or device == "cpu" or device.isdigit(),

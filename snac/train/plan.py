@@ -232,7 +232,8 @@ def build_model(cfg: TrainConfig, plan: RunPlan) -> nn.Module:
     plan.base_model = None  # handed over: the run keeps no second copy (the encoder) alive
     if isinstance(loaded, SNAC48) or cfg.target_sample_rate == plan.base_config["sampling_rate"]:
         return loaded  # continue fine-tuning a 48 kHz model, or the stock decoder at its own rate
-    return SNAC48.from_snac(loaded, cfg.target_sample_rate)
+    head = {"type": cfg.head, **({"branch_channels": cfg.head_channels} if cfg.head_channels else {})}
+    return SNAC48.from_snac(loaded, cfg.target_sample_rate, head)
 
 
 def total_iterations(cfg: TrainConfig, plan: RunPlan) -> int:
