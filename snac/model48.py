@@ -71,14 +71,27 @@ def sinc_interpolator(factor: int, taps: int) -> torch.Tensor:
     return interp
 
 
+def upsampler(channels: int, factor: int) -> nn.Module:
+    """xF transposed conv (kernel 2F) as SNAC's decoder blocks upsample."""
+    return wn_conv_transpose1d(channels, channels, kernel_size=2 * factor, stride=factor,
+                               padding=math.ceil(factor / 2), output_padding=factor % 2)
+
+
+def zero_magnitude_(convs: list[nn.Module]) -> None:
+    """Zero output, learnable: weight-norm magnitude (and bias) 0, the direction kept random."""
+    for conv in convs:
+        conv.parametrizations.weight.original0.zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
 class UpsampleHead(nn.Module):
     def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool, kernel: int | None = None):
         super().__init__()
         self.factor = factor
         kernel = final_kernel_size(factor) if kernel is None else kernel
         self.taps = interp_taps(factor, kernel)  # the interpolator's half-length smart_init fills in
-        self.upsample = wn_conv_transpose1d(channels, channels, kernel_size=2 * factor, stride=factor,
-                                            padding=math.ceil(factor / 2), output_padding=factor % 2)
+        self.upsample = upsampler(channels, factor)
         self.noise = NoiseBlock(channels) if noise else nn.Identity()
         self.residual = nn.Sequential(*residual_stack(channels, channels if depthwise else 1))
         self.snake = Snake1d(channels)
@@ -106,10 +119,7 @@ class UpsampleHead(nn.Module):
         zero_out = [unit.block[-1] for unit in self.residual]
         if isinstance(self.noise, NoiseBlock):
             zero_out.append(self.noise.linear)
-        for conv in zero_out:
-            conv.parametrizations.weight.original0.zero_()
-            if conv.bias is not None:
-                conv.bias.zero_()
+        zero_magnitude_(zero_out)
         self.snake.alpha.copy_(base_snake.alpha)
         # final conv = base kernel dilated by F (so the output at samples F*m is the base output)
         # convolved with a Hann-windowed sinc that fills the samples between (band-limited
@@ -138,8 +148,7 @@ class LiteHead(nn.Module):
         self.register_buffer("interp", sinc_interpolator(factor, taps).float().view(1, 1, -1), persistent=False)
         c = branch_channels
         self.branch_in = wn_conv1d(channels, c, kernel_size=1)
-        self.branch_up = wn_conv_transpose1d(c, c, kernel_size=2 * factor, stride=factor,
-                                             padding=math.ceil(factor / 2), output_padding=factor % 2)
+        self.branch_up = upsampler(c, factor)
         self.noise = NoiseBlock(c) if noise else nn.Identity()
         self.residual = nn.Sequential(*residual_stack(c, c if depthwise else 1))
         self.branch_snake = Snake1d(c)
@@ -161,11 +170,8 @@ class LiteHead(nn.Module):
     def smart_init(self, base_snake: Snake1d, base_conv: nn.Conv1d) -> None:
         self.snake.load_state_dict(base_snake.state_dict())
         self.conv.load_state_dict(base_conv.state_dict())
-        zero_out = [self.branch_out] + ([self.noise.linear] if isinstance(self.noise, NoiseBlock) else [])
-        for conv in zero_out:  # zero magnitude: the branch adds nothing until it learns
-            conv.parametrizations.weight.original0.zero_()
-            if conv.bias is not None:
-                conv.bias.zero_()
+        # the branch adds nothing until it learns
+        zero_magnitude_([self.branch_out] + ([self.noise.linear] if isinstance(self.noise, NoiseBlock) else []))
 
 
 HEAD_TYPES = ("full", "lite")
