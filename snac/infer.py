@@ -185,18 +185,24 @@ def chunk_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @torch.inference_mode()
 def iter_decode(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: float | None = 30.0,
                 context_frames: int | None = None, device: str | torch.device | None = None,
-                seed: int | None = None) -> Iterator[np.ndarray]:
+                seed: int | None = None, precision: str = "fp32") -> Iterator[np.ndarray]:
     """Decode one item's codes chunk by chunk; yields float32 arrays at ``model.sampling_rate``.
 
     The concatenation has ``len(codes[-1]) * vq_strides[-1] * samples_per_frame`` samples, the
     same as ``model.decode`` (nothing trimmed). ``chunk_seconds=None`` decodes in one piece.
     Device memory is bounded by one chunk plus its context. ``seed``: torch is seeded with
     ``chunk_seed(seed, i)`` before chunk i, so the noise of a chunk does not depend on what the
-    chunks before it drew (None: the global RNG runs on).
+    chunks before it drew (None: the global RNG runs on). ``precision`` bf16 / fp16: the decoder
+    runs under autocast (the output is float32 either way).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     cfg = codec_config(model)
     codes = check_codes(model, codes)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -213,15 +219,16 @@ def iter_decode(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: 
         if seed is not None:
             torch.manual_seed(chunk_seed(seed, index))
         piece = [c[start // s:end // s].unsqueeze(0).to(device) for c, s in zip(codes, strides)]
-        audio = model.decode(piece)[0, 0]  # (1, 1, (end - start) * spf) -> (samples,)
+        with torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=PRECISIONS[precision] is not None):
+            audio = model.decode(piece)[0, 0]  # (1, 1, (end - start) * spf) -> (samples,)
         yield audio[(keep_start - start) * spf:(keep_end - start) * spf].float().cpu().numpy()
 
 
 def decode_codes(model: SNAC | SNAC48, codes: list[torch.Tensor], chunk_seconds: float | None = 30.0,
                  context_frames: int | None = None, device: str | torch.device | None = None,
-                 seed: int | None = None) -> np.ndarray:
+                 seed: int | None = None, precision: str = "fp32") -> np.ndarray:
     """Chunked decode of one item's codes into one float32 array (see ``iter_decode``)."""
-    parts = list(iter_decode(model, codes, chunk_seconds, context_frames, device, seed))
+    parts = list(iter_decode(model, codes, chunk_seconds, context_frames, device, seed, precision))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
