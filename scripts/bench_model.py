@@ -33,6 +33,49 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
+# one decode in a fresh process: peak resident memory above what the built model already holds
+PEAK_SCRIPT = """
+import json, resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+from snac import SNAC, SNAC48
+from snac.presets import SNAC_24KHZ
+torch.set_num_threads(1)
+torch.manual_seed(0)
+base = SNAC(**SNAC_24KHZ).eval()
+head = json.loads(sys.argv[2])
+model = base if head is None else SNAC48.from_snac(base, head=head).eval()
+frames = -(-int(float(sys.argv[3]) * 24000) // (base.hop_length * 4)) * 4  # random codes: no encoder peak
+codes = [torch.randint(0, 4096, (1, frames // s)) for s in base.vq_strides]
+import os
+with torch.inference_mode():
+    built_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    now = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    model.decode(codes)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# a high-water mark: valid only when the decode rose above the build's own peak
+print(peak - now if peak > built_peak else float("nan"))
+"""
+
+
+def cpu_peak_mib(head: dict | None, seconds: float) -> float:
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(Path(__file__).resolve().parents[1]),
+                          json.dumps(head), str(seconds)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def cuda_peak_mib(model, codes) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        model.decode(codes)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="audio length per call")
@@ -41,6 +84,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--lite_channels", default="16,32", help="branch widths of the lite heads to time")
+    ap.add_argument("--memory_seconds", type=float, default=60.0,
+                    help="audio length of the peak-memory decodes (0: skip them)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +132,20 @@ def main() -> None:
           f"{med['ours folded encode+decode'] / med['reference encode+decode']:.3f}")
     print(f"SNAC48 / stock 24k decode:               {med['SNAC48 decode'] / med['stock 24k decode']:.3f}")
     print(f"SNAC48 folded / stock 24k decode:        {med['SNAC48 folded decode'] / med['stock 24k decode']:.3f}")
+    if args.memory_seconds > 0:  # peak memory of one decode above the loaded model, as a ratio to stock
+        heads = {"stock 24k": None, "SNAC48 full": {"type": "full"},
+                 **{f"SNAC48 lite-{c}": {"type": "lite", "branch_channels": c} for c in lites}}
+        if dev == "cuda":
+            with torch.inference_mode():
+                long_codes = ours.encode(0.1 * torch.randn(1, 1, int(args.memory_seconds * 24000), device=dev))
+            models = {"stock 24k": ours, "SNAC48 full": m48, **{f"SNAC48 lite-{c}": m for c, m in lites.items()}}
+            peaks = {k: cuda_peak_mib(models[k], long_codes) for k in heads}
+        else:
+            peaks = {k: cpu_peak_mib(h, args.memory_seconds) for k, h in heads.items()}
+        print(f"peak memory of one {args.memory_seconds:g} s decode above the loaded model "
+              f"({'CUDA allocator' if dev == 'cuda' else 'peak resident set minus resident set before, fresh process each; nan: below the build peak, use longer --memory_seconds'}):")
+        for k, v in peaks.items():
+            print(f"  {k:20s} {v:8.1f} MiB  {v / peaks['stock 24k']:.2f}x stock")
     for c in lites:
         print(f"{'SNAC48 lite-' + str(c) + ' / stock 24k decode:':41s}"
               f"{med[f'SNAC48 lite-{c} decode'] / med['stock 24k decode']:.3f}")
