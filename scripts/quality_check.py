@@ -274,14 +274,15 @@ def stage_evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpo
     from snac import SNAC, SNAC48
     from snac.evaluation import codes_information, evaluate_systems, find_eval_files
     from snac.hub import load_model
+    from snac.model48 import head_spec
     from snac.infer import resolve_device
 
     t = time.time()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     base = SNAC.from_pretrained(base_dir).to(device).eval()
-    head = {"type": args.head, **({"branch_channels": args.head_channels} if args.head_channels else {})}
-    systems = {"baseline": base, "smart_init": SNAC48.from_snac(base, head=head).to(device).eval()}
+    systems = {"baseline": base,
+               "smart_init": SNAC48.from_snac(base, head=head_spec(args.head, args.head_channels)).to(device).eval()}
     for recipe, path in checkpoints.items():
         systems[recipe] = load_model(path).to(device).eval()
     systems = {name: systems[name] for name in SYSTEMS}

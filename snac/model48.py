@@ -177,6 +177,11 @@ class LiteHead(nn.Module):
 HEAD_TYPES = ("full", "lite")
 
 
+def head_spec(kind: str = "full", branch_channels: int | None = None) -> dict:
+    """The ``head`` argument of ``SNAC48``/``from_snac`` from the command-line flags (--head, --head_channels)."""
+    return {"type": kind, **({"branch_channels": branch_channels} if branch_channels else {})}
+
+
 def head_config(factor: int, head: dict | None, channels: int) -> dict:
     """The saved ``config['head']`` filled in (``channels``: the trunk's output channels; a lite
     branch defaults to min(16, channels)): a config without ``type`` is a full head, so exports of

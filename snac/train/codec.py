@@ -54,7 +54,7 @@ from ..presets import PRESETS
 from .adversarial import Adversary, clip_and_norm
 from .checkpoint import (clean_stale_temps, find_latest_checkpoint, link_atomic, load_checkpoint, maybe_fault,
                          rng_state, rotate_checkpoints, save_checkpoint, set_aside_newer, set_rng_state)
-from .config import ConfigError, _opt, build_parser, resolve_dataclass_config
+from .config import ConfigError, _opt, build_parser, changed_settings, resolve_dataclass_config
 from .distributed import DistInfo, StopFlag, agree_any, all_reduce_sum, gather_objects
 from .gan_losses import mel_loss
 from .log import RunLog, Throughput, count, format_duration
@@ -207,13 +207,15 @@ def load_clips(root: str, sample_rate: int, warn: Callable[[str], None], flag: s
         except (OSError, ValueError) as e:
             raise ConfigError(f"{flag} {root}: unreadable code cache ({e})") from e
         frames = None if max_seconds is None else math.ceil(max_seconds * cache.target_sample_rate)
-        for i in range(len(cache)):
-            try:
-                x = cache.audio(i, 0, frames)
-            except (OSError, AudioError) as e:
-                raise ConfigError(f"{flag} {root}: cannot read the audio of row {i} ({e})") from e
-            clips.append(resample(x, cache.target_sample_rate, sample_rate))
-        cache.close()
+        try:
+            for i in range(len(cache)):
+                try:
+                    x = cache.audio(i, 0, frames)
+                except (OSError, AudioError) as e:
+                    raise ConfigError(f"{flag} {root}: cannot read the audio of row {i} ({e})") from e
+                clips.append(resample(x, cache.target_sample_rate, sample_rate))
+        finally:
+            cache.close()
     else:
         for rel in find_audio_files(root):
             try:
@@ -418,10 +420,9 @@ class CodecRun:
         self.health.load_state_dict(ckpt["health"])
         self.iteration, self.bad_total = int(ckpt["iteration"]), int(ckpt.get("bad_total", 0))
         self.best_val = float(ckpt.get("best_val", math.inf))
-        saved = ckpt.get("config", {})
-        if any(saved.get(k) != getattr(self.cfg, k) for k in ("val_dir", "val_seconds")) and self.best_val < math.inf:
-            warn(f"best val mel {self.best_val:.4f} forgotten: the validation changed (--val_dir/--val_seconds "
-                 f"{saved.get('val_dir')}/{saved.get('val_seconds')} -> {self.cfg.val_dir}/{self.cfg.val_seconds})")
+        changed = changed_settings(ckpt.get("config", {}), self.cfg.to_dict(), ("val_dir", "val_seconds"))
+        if changed and self.best_val < math.inf:
+            warn(f"best val mel {self.best_val:.4f} forgotten: the validation changed ({'; '.join(changed)})")
             self.best_val = math.inf
         rank, world = self.dist_info.rank, self.dist_info.world_size
         if len(ckpt["rng"]) == world:  # same world size: every stream continues where it was
@@ -469,13 +470,6 @@ UNLOGGED_CHANGES = {"config", "resume", "output_dir", "export", "device", "threa
                     "log_every", "checkpoint_every", "checkpoint_minutes", "keep_last"}
 
 
-def changed_settings(saved: dict, now: dict) -> list[str]:
-    """'key old -> new' for each recipe setting a resumed run changes (the run still resumes: some
-    changes are deliberate, e.g. --adversarial after a mel-only start; the log says so)."""
-    return [f"{k} {saved[k]} -> {now[k]}" for k in sorted(now)
-            if k in saved and k not in UNLOGGED_CHANGES and saved[k] != now[k]]
-
-
 def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log: RunLog, stop: StopFlag,
                 resume_path: Path | None, clock: Callable[[], float] = time.monotonic) -> str:
     """Train to --max_steps (or a signal) from ``resume_path`` (or fresh); returns 'finished',
@@ -505,7 +499,8 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path)
         run.load_state_dict(ckpt, resume_path, log.line)
-        changed = changed_settings(ckpt.get("config", {}), cfg.to_dict())
+        now = cfg.to_dict()  # a recipe change still resumes (e.g. --adversarial after a mel-only start)
+        changed = changed_settings(ckpt.get("config", {}), now, set(now) - UNLOGGED_CHANGES)
         del ckpt
         log.line(f"resumed from {resume_path} at iteration {run.iteration}"
                  + (f"; changed settings: {', '.join(changed)}" if changed else ""))

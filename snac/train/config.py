@@ -358,3 +358,9 @@ def epoch_plan(cfg: TrainConfig, epoch: int) -> tuple[float, int]:
         if first <= epoch <= last:
             return float(entry["length"]), max(1, round(cfg.batch_size * entry.get("batch_multiplier", 1)))
     return cfg.segment_length, cfg.batch_size
+
+
+def changed_settings(saved: dict, now: dict, keys) -> list[str]:
+    """'key old -> new' for each of ``keys`` whose value in a checkpoint's saved config differs from
+    the run's now (keys the saved config lacks are skipped: older checkpoints), sorted by key."""
+    return [f"{k} {saved[k]} -> {now[k]}" for k in sorted(keys) if k in saved and k in now and saved[k] != now[k]]

@@ -18,7 +18,7 @@ import torch
 
 from .adversarial import Adversary
 from .checkpoint import link_atomic, load_checkpoint, maybe_fault, rotate_checkpoints, save_checkpoint
-from .config import TrainConfig, stages_beyond
+from .config import TrainConfig, changed_settings, stages_beyond
 from .distributed import DistInfo, StopFlag, agree_any
 from .log import RunLog, Throughput, count, fmt, format_duration
 from .phases import make_optimizer, make_scheduler, parameter_groups, set_phase
@@ -308,22 +308,19 @@ def log_resume(run: Run, state: TrainState, ckpt: dict) -> None:
     run.log.metrics({"type": "resume", "iteration": state.iteration, "epoch": state.sampler.epoch + 1,
                      "phase": state.phase, "checkpoint": str(run.plan.resume_path),
                      "time": time.time()})  # rows after it supersede
-    changed = {k for k, v in ckpt["config"].items()
-               if k in TRAJECTORY_KEYS.union(VALIDATION_KEYS) and cfg.to_dict().get(k) != v}
+    changed = changed_settings(ckpt["config"], cfg.to_dict(), TRAJECTORY_KEYS.union(VALIDATION_KEYS))
     run.log.line(f"resumed from {run.plan.resume_path} at iteration {state.iteration} (epoch "
                  f"{state.sampler.epoch + 1}, {state.sampler.consumed} items in; phase {state.phase}; best val "
                  f"{fmt(state.best_val)})"
                  + (f"; world size {ckpt.get('world_size', 1)} -> {world}" if ckpt.get("world_size", 1) != world
                     else "")
-                 + (f"; changed settings: {', '.join(sorted(changed))}" if changed else ""))
+                 + (f"; changed settings: {', '.join(changed)}" if changed else ""))
 
 
 def reset_best_if_validation_changed(run: Run, state: TrainState, ckpt: dict) -> None:
     """A best val loss measured by another validation (other val set, window, FFT sizes or loss
     weights) cannot be compared with the new one: forget it, and say which value and why."""
-    now = run.cfg.to_dict()
-    changed = [f"{k} {ckpt['config'][k]} -> {now[k]}" for k in VALIDATION_KEYS
-               if k in ckpt["config"] and ckpt["config"][k] != now[k]]
+    changed = changed_settings(ckpt["config"], run.cfg.to_dict(), VALIDATION_KEYS)
     if changed and not math.isinf(state.best_val):
         run.log.line(f"best val loss {fmt(state.best_val)} reset: validation changed ({'; '.join(changed)})")
         state.best_val = math.inf

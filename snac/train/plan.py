@@ -14,6 +14,7 @@ import numpy as np
 from torch import nn
 
 from .. import SNAC, SNAC48, load_model
+from ..model48 import head_spec
 from ..cache.format import validate_target_sample_rate, weights_fingerprint
 from ..hub import resolve_pretrained
 from .checkpoint import find_latest_checkpoint, load_checkpoint
@@ -232,8 +233,7 @@ def build_model(cfg: TrainConfig, plan: RunPlan) -> nn.Module:
     plan.base_model = None  # handed over: the run keeps no second copy (the encoder) alive
     if isinstance(loaded, SNAC48) or cfg.target_sample_rate == plan.base_config["sampling_rate"]:
         return loaded  # continue fine-tuning a 48 kHz model, or the stock decoder at its own rate
-    head = {"type": cfg.head, **({"branch_channels": cfg.head_channels} if cfg.head_channels else {})}
-    return SNAC48.from_snac(loaded, cfg.target_sample_rate, head)
+    return SNAC48.from_snac(loaded, cfg.target_sample_rate, head_spec(cfg.head, cfg.head_channels))
 
 
 def total_iterations(cfg: TrainConfig, plan: RunPlan) -> int:
