@@ -45,6 +45,7 @@ from .vq import ResidualVectorQuantize
 
 BASE_KERNEL = 7  # kernel of the base decoder's final conv (SNAC's architecture)
 INTERP_TAPS = 6  # base-rate samples on each side that the initial output interpolation reads
+BRANCH_INIT = 1e-3  # weight-norm magnitude of the lite branch's output conv at init (see LiteHead.smart_init)
 
 
 def final_kernel_size(factor: int, taps: int | None = None) -> int:
@@ -140,9 +141,9 @@ class LiteHead(nn.Module):
     output, plus a learned ``branch_channels``-wide branch at the new rate whose output starts at 0."""
 
     def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool, branch_channels: int = 16,
-                 taps: int = INTERP_TAPS):
+                 taps: int = INTERP_TAPS, branch_init: float = BRANCH_INIT):
         super().__init__()
-        self.factor, self.taps = factor, taps
+        self.factor, self.taps, self.branch_init = factor, taps, branch_init
         self.snake = Snake1d(channels)  # the base's final Snake + 7-tap conv (copied by smart_init)
         self.conv = wn_conv1d(channels, 1, kernel_size=BASE_KERNEL, padding=BASE_KERNEL // 2)
         self.register_buffer("interp", sinc_interpolator(factor, taps).float().view(1, 1, -1), persistent=False)
@@ -170,8 +171,12 @@ class LiteHead(nn.Module):
     def smart_init(self, base_snake: Snake1d, base_conv: nn.Conv1d) -> None:
         self.snake.load_state_dict(base_snake.state_dict())
         self.conv.load_state_dict(base_conv.state_dict())
-        # the branch adds nothing until it learns
+        # The branch starts nearly silent: its output conv's magnitude is ``branch_init`` (1e-3:
+        # about 40 dB below speech), not 0. At exactly 0 no gradient reaches the branch's other
+        # layers and the magnitude's own gradient has a random sign (the branch features are
+        # random): after 253 steps it had only reached 4e-4, so the branch never learned.
         zero_magnitude_([self.branch_out] + ([self.noise.linear] if isinstance(self.noise, NoiseBlock) else []))
+        self.branch_out.parametrizations.weight.original0.fill_(self.branch_init)
 
 
 HEAD_TYPES = ("full", "lite")
@@ -197,9 +202,12 @@ def head_config(factor: int, head: dict | None, channels: int) -> dict:
         return {"type": "full", "upsample_factor": factor,
                 "final_kernel": int(head.get("final_kernel", final_kernel_size(factor)))}
     width, taps = int(head.get("branch_channels", min(16, channels))), int(head.get("interp_taps", INTERP_TAPS))
-    if width < 1 or taps < 1:
-        raise ValueError(f"lite head needs branch_channels >= 1 and interp_taps >= 1, got {width}, {taps}")
-    return {"type": "lite", "upsample_factor": factor, "branch_channels": width, "interp_taps": taps}
+    init = float(head.get("branch_init", BRANCH_INIT))
+    if width < 1 or taps < 1 or not (math.isfinite(init) and init >= 0):
+        raise ValueError(f"lite head needs branch_channels >= 1, interp_taps >= 1 and branch_init >= 0, got "
+                         f"{width}, {taps}, {init}")
+    return {"type": "lite", "upsample_factor": factor, "branch_channels": width, "interp_taps": taps,
+            "branch_init": init}
 
 
 @register_model("snac48")
@@ -234,7 +242,7 @@ class SNAC48(nn.Module):
             self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"], head["final_kernel"])
         else:
             self.head = LiteHead(channels, self.factor, cfg["noise"], cfg["depthwise"], head["branch_channels"],
-                                 head["interp_taps"])
+                                 head["interp_taps"], head["branch_init"])
 
     @classmethod
     def from_snac(cls, base: SNAC, target_sample_rate: int = 48000, head: dict | None = None) -> "SNAC48":

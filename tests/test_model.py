@@ -227,3 +227,27 @@ def test_hub_download_failure_is_one_clear_error(monkeypatch):
     monkeypatch.setattr("snac.hub._hub_download", failing)
     with pytest.raises(RuntimeError, match="could not download someone/x from the Hugging Face hub"):
         SNAC.from_pretrained("someone/x")
+
+
+def test_snake_in_place_path_is_bit_identical_and_autograd_keeps_the_plain_one():
+    """Without autograd Snake runs in place (faster); it must be the same bits as the plain formula,
+    in fp32, bf16 input and under autocast, and with autograd the gradient must be the plain one's."""
+    from snac.layers import snake
+
+    def plain(x, a):
+        return x + (a + 1e-9).reciprocal() * torch.sin(a * x).pow(2)
+
+    torch.manual_seed(0)
+    a = torch.rand(1, 8, 1) + 0.5
+    for x in (torch.randn(2, 8, 999) * 3, (torch.randn(2, 8, 999) * 3).bfloat16()):
+        with torch.inference_mode():
+            assert torch.equal(snake(x, a), plain(x, a))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(snake(x, a), plain(x, a))
+    x = torch.randn(2, 8, 999, requires_grad=True)
+    ap = a.clone().requires_grad_()
+    snake(x, ap).square().sum().backward()
+    gx, ga = x.grad.clone(), ap.grad.clone()
+    x.grad = ap.grad = None
+    plain(x, ap).square().sum().backward()
+    assert torch.equal(gx, x.grad) and torch.equal(ga, ap.grad)

@@ -138,22 +138,31 @@ LITE = {"type": "lite", "branch_channels": 8}
 
 
 def test_lite_head_starts_as_the_stock_decode_interpolated(full_base):
-    """Step 0 of the lite head: every second sample IS the stock decode (exactly: the interpolator
-    is 1 at 0 and exactly 0 at the other even taps), the samples between are the full head's start
-    away from the file ends, and the learned branch adds nothing until it trains."""
-    lite = SNAC48.from_snac(full_base, head=LITE).eval()
+    """Step 0 of the lite head with branch_init 0: every second sample IS the stock decode (exactly:
+    the interpolator is 1 at 0 and exactly 0 at the other even taps), the samples between are the
+    full head's start away from the file ends. With the default branch_init the branch adds a
+    little (>= 40 dB below the decode), and every branch layer gets a gradient at step 0."""
+    exact = SNAC48.from_snac(full_base, head={**LITE, "branch_init": 0.0}).eval()
+    lite = SNAC48.from_snac(full_base, head=LITE)
     full = SNAC48.from_snac(full_base).eval()
     with torch.inference_mode():
         codes = full_base.encode(speechlike(1.0, 24000))
         outs = []
-        for model in (full_base, lite, full):
+        for model in (full_base, exact, full, lite):
             torch.manual_seed(7)
             outs.append(model.decode(codes))
-    stock, out_lite, out_full = outs
-    assert torch.equal(out_lite[..., ::2], stock)
+    stock, out_exact, out_full, out_lite = outs
+    assert torch.equal(out_exact[..., ::2], stock)
     edge = 2 * 64  # the full head's long final conv sees the zero padding differently near the ends
-    assert (out_lite - out_full)[..., edge:-edge].abs().max() < 1e-4
-    assert lite.config["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 8, "interp_taps": 6}
+    assert (out_exact - out_full)[..., edge:-edge].abs().max() < 1e-4
+    assert lite.config["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 8, "interp_taps": 6,
+                                   "branch_init": 1e-3}
+    deviation = (out_lite - out_exact).pow(2).mean().sqrt() / stock.pow(2).mean().sqrt()
+    assert 0 < deviation < 1e-2, deviation
+    torch.manual_seed(7)
+    lite.decode([c.clone() for c in codes]).square().mean().backward()
+    branch = [m for name, m in lite.head.named_children() if name.startswith("branch_")]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for m in branch for p in m.parameters())
 
 
 def test_lite_head_round_trip_trains_and_old_configs_stay_full(tmp_path):
