@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from snac import SNAC
 from snac.audio import AUDIO_EXTENSIONS, audio_info, iter_resampled_blocks
+from snac.compiling import BACKENDS, CompileCounter, compile_method_
 from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_blocks, iter_decode,
                         load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
 from snac.layers import fold_weight_norm
@@ -65,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="decoder arithmetic (autocast; files are written from float32 either way). The encoder "
                         "stays fp32: bf16 flips ~2%% of the finest codes (default: fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder and the encoder (the first file and the last chunk of a new "
+                        "length pay the compile; every graph compiled is printed and counted)")
+    p.add_argument("--compile_backend", default="inductor", choices=BACKENDS,
+                   help="backend of --compile; aot_eager / eager run dynamo without code generation, to debug "
+                        "recompiles (default: inductor)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the decoder's noise, set before each chunk of each file (default: 0)")
     p.add_argument("--subtype", default="PCM_16", choices=SUBTYPES,
@@ -157,6 +164,13 @@ def _main(argv: list[str] | None) -> int:
     if base is not None:
         base = fold_weight_norm(base.eval()).to(device)
     encoder = model if isinstance(model, SNAC) else base  # None only with --from_codes
+    compilers = []
+    if args.compile:
+        for module, method, name in ((model, "decode", "decoder"), (encoder, "encode", "encoder"),
+                                     (base if args.compare else None, "decode", "stock decoder")):
+            if module is not None:
+                compilers.append(CompileCounter(name, args.compile_backend, report=lambda line: tqdm.write(line)))
+                compile_method_(module, method, compilers[-1])
     out_rate = model.sampling_rate
     codec_rate = codec["sampling_rate"]
 
@@ -198,6 +212,8 @@ def _main(argv: list[str] | None) -> int:
     done = len(jobs) - len(failures)
     print(f"decoded {done}/{len(jobs)} file(s), {seconds:.1f} s of audio in {elapsed:.1f} s "
           f"({seconds / max(elapsed, 1e-9):.1f}x real time) at {out_rate} Hz -> {dst}")
+    for counter in compilers:
+        print(counter.summary())
     if failures:
         print(f"{len(failures)} file(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -96,7 +96,7 @@ class ResidualVectorQuantize(nn.Module):
             raise ValueError(f"expected {len(self.quantizers)} code tensors (one per codebook, "
                              f"strides {self.vq_strides}), got {len(codes)}")
         lengths = [c.shape[-1] * s for c, s in zip(codes, self.vq_strides)]
-        if len(set(lengths)) != 1:
+        if any(n != lengths[0] for n in lengths[1:]):  # (not set(): hashing a symbolic size pins it)
             raise ValueError(f"code lengths {[c.shape[-1] for c in codes]} do not cover the same "
                              f"time span with strides {self.vq_strides} (len_i * stride_i must be equal)")
         z_q = 0.0

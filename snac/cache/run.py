@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS, AudioError
+from ..compiling import CompileCounter, compile_method_
 from ..fileio import write_json_atomic
 from .config import CacheConfig, default_io_threads, parse_devices, worker_cpus
 from .encode import (PENDING_BATCHES, BatchEncoder, FileTooLarge, LengthBuckets, LoadedItem, find_audio_files,
@@ -49,6 +50,7 @@ class WorkerSpec:
     torch_threads: int
     io_threads: int
     sort_by_length: bool = True            # read the headers first, cache shortest first (fuller batches)
+    compile_backend: str | None = None     # torch.compile the encoder with this backend (None: eager)
     crash_after_shards: int | None = None  # test hook: hard exit after writing this many shards
 
 
@@ -106,6 +108,10 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
         # the CPU fallback of a file too long for the GPU reads the weights again from disk:
         # nothing is copied onto the device that just ran out of memory
         cpu_loader = lambda: load_checked_model(spec.pretrained_model, s)  # noqa: E731
+    compiler = None
+    if spec.compile_backend is not None:
+        compiler = CompileCounter(f"encoder of worker {spec.worker_index}", spec.compile_backend)
+        compile_method_(model, "encode", compiler)  # the CPU fallback model stays eager
     out = Path(spec.output_dir)
     schema = shard_schema(s["num_codebooks"], s["codebook_size"], s["embed_audio"],
                           {"model_id": s["model_id"], "model_config": s["model_config"],
@@ -219,6 +225,8 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     send(force=True)
     stats["elapsed"] = time.monotonic() - started
     stats["oom_retries"] = encoder.oom_retries
+    if compiler is not None:
+        stats["compiled_graphs"] = compiler.graphs
     stats["shards"] = len(writer.written)
     stats["stopped"] = int(stop.is_set())
     result = dict(stats)
@@ -470,6 +478,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             shard_rows=cfg.shard_rows, batch_seconds=cfg.batch_seconds, max_seconds=cfg.max_seconds,
             torch_threads=local_cpus,
             io_threads=cfg.io_threads or default_io_threads(local_cpus, device), sort_by_length=cfg.sort_by_length,
+            compile_backend=cfg.compile_backend if cfg.compile else None,
             crash_after_shards=crash_after_shards if g == 0 else None))
     todo = sum(len(s.items) for s in specs)
     mine_total = sum(len(partition(items, s.worker_index, num_workers)) for s in specs)
@@ -558,6 +567,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     batches = sum(r.get("batches", 0) for r in results.values())
     # mean over this run's encoder batches of the share of --batch_seconds holding real audio
     batch_fill = sum(r.get("batch_fill_sum", 0.0) for r in results.values()) / batches if batches else None
+    graphs = sum(r.get("compiled_graphs", 0) for r in results.values()) if cfg.compile else None
     status = 0 if not failed and not interrupted else 1
     if rank == 0:
         manifest = write_manifest(out, settings, {
@@ -568,7 +578,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
                          "audio_seconds_per_second": round(encoded_seconds / elapsed, 2) if elapsed > 0 else None,
                          "oom_retries": sum(r.get("oom_retries", 0) for r in results.values()),
                          "batches": batches, "mean_batch_fill": None if batch_fill is None else round(batch_fill, 4),
-                         "sort_by_length": cfg.sort_by_length}})
+                         "sort_by_length": cfg.sort_by_length, "compiled_graphs": graphs}})
         if manifest["complete"] and manifest["rows"]:
             build_index(out)
         rej = manifest["rejected"]
@@ -577,6 +587,8 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             f"files ({encoded_seconds / 3600:.3f} h) at {encoded_seconds / max(elapsed, 1e-9):.1f} audio-s/s "
             f"in {datetime.timedelta(seconds=int(elapsed))}"
             + (f" ({batches:,} encoder batches, mean fill {100 * batch_fill:.0f}%)" if batches else "")
+            + (f"; torch.compile: {graphs} encoder graph(s) compiled in {len(results)} worker(s)"
+               if graphs is not None else "")
             + f"; rejected {len(rej)}; upsampled to "
             f"{cfg.target_sample_rate} Hz (source rate below it) {manifest['upsampled']}")
         for r in rej[:10]:

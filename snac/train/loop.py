@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..compiling import CompileCounter
 from .adversarial import Adversary
 from .checkpoint import link_atomic, load_checkpoint, maybe_fault, rotate_checkpoints, save_checkpoint
 from .config import TrainConfig, changed_settings, stages_beyond
@@ -54,6 +55,7 @@ class Run:
     clock: Callable[[], float]
     val_loader: Any
     unfreeze_steps: int  # the LR curve's length in a fresh run: every step of the unfreeze epochs
+    compiler: CompileCounter | None = None  # --compile: counts (and logs) every graph compiled
 
     @property
     def out(self) -> Path:
@@ -84,7 +86,8 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
                        torch.amp.GradScaler(device.type, enabled=False),  # bf16/fp32 need no loss scaling
                        sampler, adversary=adversary)
     run = Run(cfg, plan, dist_info, device, autocast, log, clock, val_loader,
-              unfreeze_steps=sum(e["steps"] for e in plan.epochs if e["phase"] == "unfreeze"))
+              unfreeze_steps=sum(e["steps"] for e in plan.epochs if e["phase"] == "unfreeze"),
+              compiler=CompileCounter("train step", cfg.compile_backend, log.line) if cfg.compile else None)
 
     # ---- state: fresh or resumed
     if plan.resume_state is not None:
@@ -166,6 +169,8 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
     final = "stopped" if result == "stopped" else "finished"
     # the epoch of the last step trained: the log line and status.json name the same one
     epoch = epoch_info.get("epoch", min(state.sampler.epoch + 1, cfg.epochs))
+    if run.compiler is not None:
+        log.line(f"{run.compiler.summary()} in this process")
     log.line(f"{final} at iteration {state.iteration} (epoch {epoch}/{cfg.epochs}); best val {fmt(state.best_val)}")
     log.update_status(state=final, iteration=state.iteration, epoch=epoch, phase=state.phase,
                       best_val_loss=None if math.isinf(state.best_val) else state.best_val)
@@ -189,7 +194,7 @@ def enter_phase(run: Run, state: TrainState, phase: str) -> tuple[torch.nn.Modul
         if phase == "unfreeze":
             state.scheduler = make_scheduler(state.optimizer, run.cfg, run.unfreeze_steps)
     set_phase(state.model, phase)
-    step_model = wrap_for_steps(state.model, run.cfg, run.dist_info, run.device)
+    step_model = wrap_for_steps(state.model, run.cfg, run.dist_info, run.device, run.compiler)
     return step_model, [p for p in state.model.parameters() if p.requires_grad]
 
 

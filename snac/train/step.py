@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..compiling import CompileCounter, compile_fn
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, ignore_stop_signals_in_worker
 from .gan_losses import mel_loss
@@ -28,15 +29,17 @@ class DecodeOnly(nn.Module):
         return self.model.decode(codes)
 
 
-def wrap_for_steps(model: nn.Module, cfg: TrainConfig, dist_info: DistInfo, device: torch.device) -> nn.Module:
-    """DecodeOnly -> DDP (multi-process) -> torch.compile (optional). Rebuilt at the phase switch,
-    because DDP fixes its set of trained parameters when it is built."""
+def wrap_for_steps(model: nn.Module, cfg: TrainConfig, dist_info: DistInfo, device: torch.device,
+                   compiler: CompileCounter | None = None) -> nn.Module:
+    """DecodeOnly -> DDP (multi-process) -> torch.compile (with ``compiler``, a CompileCounter:
+    --compile). Rebuilt at the phase switch, because DDP fixes its set of trained parameters when
+    it is built (so the switch compiles again: the counter's graphs include it)."""
     step_model: nn.Module = DecodeOnly(model)
     if dist_info.enabled:
         step_model = nn.parallel.DistributedDataParallel(
             step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        step_model = torch.compile(step_model)
+    if compiler is not None:
+        step_model = compile_fn(step_model, compiler)
     return step_model
 
 
