@@ -2,6 +2,7 @@
 (the full head, and the lite head at --lite_channels branch widths).
 
     uv run python scripts/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda] [--lite_channels 16,32]
+    uv run python scripts/bench_model.py --modes   # + eager/compiled x fp32/bf16 decodes, ratios to stock eager fp32
 
 Prints a table of median times and ratios measured in this one process (timings interleaved so
 that machine noise hits both sides alike). The reference wheel is fetched like the parity tests do.
@@ -76,6 +77,41 @@ def cuda_peak_mib(model, codes) -> float:
     return (torch.cuda.max_memory_allocated() - start) / 2 ** 20
 
 
+def mode_table(models: dict, codes, dev: str, repeats: int) -> None:
+    """Decode time of each model eager / torch.compile'd x fp32 / bf16 (autocast), as ratios to the
+    stock eager fp32 decode, all timed interleaved in this process after a warm-up (which holds
+    the compiles; the graphs each compiled model needed are printed)."""
+    from snac.compiling import CompileCounter, compile_fn
+
+    counters, cases = {}, {}
+    for name, model in models.items():
+        counters[name] = CompileCounter(name)
+        fns = {"eager": model.decode, "compiled": compile_fn(model.decode, counters[name])}
+        for mode, fn in fns.items():
+            for prec, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+                def run(fn=fn, dtype=dtype):
+                    with torch.autocast(dev, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        fn(codes)
+                cases[(name, mode, prec)] = run
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for fn in cases.values():
+            fn()
+        warm = time.perf_counter() - t0
+        times = {k: [] for k in cases}
+        for _ in range(repeats):
+            for k, fn in cases.items():
+                times[k].append(timed(fn, dev))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med[(next(iter(models)), "eager", "fp32")]
+    print(f"decode time / stock eager fp32 ({1000 * base:.1f} ms), median of {repeats}; warm-up with the "
+          f"compiles {warm:.0f} s")
+    print(f"{'model':18s} {'eager fp32':>11s} {'eager bf16':>11s} {'compiled fp32':>14s} {'compiled bf16':>14s}  graphs")
+    for name in models:
+        row = [med[(name, m, p)] / base for m in ("eager", "compiled") for p in ("fp32", "bf16")]
+        print(f"{name:18s} {row[0]:11.2f} {row[1]:11.2f} {row[2]:14.2f} {row[3]:14.2f}  {counters[name].graphs}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="audio length per call")
@@ -86,6 +122,9 @@ def main() -> None:
     ap.add_argument("--lite_channels", default="16,32", help="branch widths of the lite heads to time")
     ap.add_argument("--memory_seconds", type=float, default=60.0,
                     help="audio length of the peak-memory decodes (0: skip them)")
+    ap.add_argument("--modes", action="store_true",
+                    help="also time eager/compiled x fp32/bf16 decodes of stock, SNAC48 and the first lite head "
+                         "(compiling takes minutes on a CPU)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,6 +188,10 @@ def main() -> None:
     for c in lites:
         print(f"{'SNAC48 lite-' + str(c) + ' / stock 24k decode:':41s}"
               f"{med[f'SNAC48 lite-{c} decode'] / med['stock 24k decode']:.3f}")
+    if args.modes:
+        first_lite = {f"SNAC48 lite-{c}": m for c, m in list(lites.items())[:1]}
+        mode_table({"stock 24k": folded, "SNAC48 full": m48_folded,
+                    **{k: fold_weight_norm(m) for k, m in first_lite.items()}}, codes, dev, args.repeats)
 
 
 if __name__ == "__main__":

@@ -362,3 +362,50 @@ def test_worker_threads_share_the_node_and_respect_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert worker_cpus(1) == 1
+
+
+def _row(i: int):
+    item = LoadedItem(path=f"u{i}.wav", row_id=f"u{i}", audio=None, duration=0.1, num_samples=4800,
+                      sample_rate=48000, channels=1, flac=None)
+    return item, [np.full(n, i, dtype=np.int16) for n in (1, 2, 4)]
+
+
+def test_background_writer_lets_the_caller_go_on_and_raises_a_failed_write(tmp_path, monkeypatch):
+    """The worker's writer thread: ``add`` of a full shard returns while that shard is still being
+    written (the encoder does not wait on the disk); ``flush`` returns once it is durable, in order;
+    a failed write is raised in the caller's thread by the next call and nothing later is written."""
+    import threading
+
+    from snac.cache import writer as writer_mod
+    from snac.cache.format import shard_name, shard_schema
+
+    gate, started, real = threading.Event(), threading.Event(), writer_mod.write_parquet_durable
+
+    def slow_write(table, final):
+        started.set()
+        assert gate.wait(30)
+        real(table, final)
+
+    monkeypatch.setattr(writer_mod, "write_parquet_durable", slow_write)
+    done = []
+    w = writer_mod.ShardWriter(tmp_path, 0, shard_schema(3, 64, False), shard_rows=2, background=True,
+                               on_written=done.append)
+    for i in range(3):
+        w.add(*_row(i))  # the 2nd add hands shard 0 to the thread, which blocks in the write
+    assert started.wait(30) and done == [] and w.written == []
+    gate.set()
+    w.flush()  # writes shard 1 (row 2) after shard 0, and waits for both
+    assert done == w.written == [shard_name(0, 0), shard_name(0, 1)]
+    assert [r["id"] for s in done for r in pq.read_table(tmp_path / s).to_pylist()] == ["u0", "u1", "u2"]
+
+    def broken_write(table, final):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_mod, "write_parquet_durable", broken_write)
+    w.add(*_row(3))
+    w.add(*_row(4))  # hands a shard to the thread, whose write fails
+    with pytest.raises(RuntimeError, match="writing a shard to .* failed: .*No space left on device"):
+        w.flush()
+    with pytest.raises(RuntimeError, match="No space left"):
+        w.add(*_row(5))
+    assert w.written == done and len(done) == 2

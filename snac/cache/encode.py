@@ -148,13 +148,16 @@ def padded_length(num_samples: int, pad_multiple: int) -> int:
     return max(1, math.ceil(num_samples / pad_multiple)) * pad_multiple
 
 
-def stack_padded(items: list[LoadedItem], pad_multiple: int):
-    """Items of one padded length -> (B, 1, length), each zero-padded exactly as SNAC pads it alone."""
+def stack_padded(items: list[LoadedItem], pad_multiple: int, pin: bool = False):
+    """Items of one padded length -> (B, 1, length), each zero-padded exactly as SNAC pads it alone.
+    ``pin``: in page-locked memory, so the copy to a GPU runs asynchronously (one copy, no staging)."""
     import torch
-    import torch.nn.functional as F
 
     length = padded_length(items[0].audio.shape[-1], pad_multiple)
-    return torch.stack([F.pad(it.audio, (0, length - it.audio.shape[-1])) for it in items]).unsqueeze(1)
+    out = torch.zeros(len(items), 1, length, dtype=items[0].audio.dtype, pin_memory=pin)
+    for row, it in zip(out, items):
+        row[0, :it.audio.shape[-1]] = it.audio
+    return out
 
 
 class LengthBuckets:
@@ -261,7 +264,7 @@ class BatchEncoder:
         retries after this returns, so the failed attempt's tensors (held by the exception's
         traceback frames) are already freed when the smaller batch runs."""
         try:
-            return self._run(model, stack_padded(items, self.pad_multiple), device)
+            return self._run(model, stack_padded(items, self.pad_multiple, pin=device.startswith("cuda")), device)
         except Exception as e:
             if not _is_oom(e):
                 raise

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -116,7 +117,12 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     schema = shard_schema(s["num_codebooks"], s["codebook_size"], s["embed_audio"],
                           {"model_id": s["model_id"], "model_config": s["model_config"],
                            "target_sample_rate": s["target_sample_rate"], "format_version": FORMAT_VERSION})
-    writer = ShardWriter(out, spec.worker_index, schema, spec.shard_rows)
+    def written(name: str) -> None:  # in the writer thread, once the shard is durable
+        if spec.crash_after_shards is not None and len(writer.written) >= spec.crash_after_shards:
+            os._exit(3)  # test hook: die hard like a killed process (no flush, no message)
+
+    # shards are written by a thread while this one encodes: the device does not wait on the disk
+    writer = ShardWriter(out, spec.worker_index, schema, spec.shard_rows, background=True, on_written=written)
     encoder = BatchEncoder(model, spec.device, s["pad_multiple"], s["codebook_size"], cpu_loader)
     batch_samples = int(spec.batch_seconds * s["model_sample_rate"])
     # Speech spans ~100 padded lengths; holding up to 16 batches of audio (~90 MB at 60 s, 24 kHz)
@@ -161,7 +167,6 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
             return
         stats["encode_seconds"] += time.monotonic() - t0
         for it, c in zip(batch, codes):
-            before = len(writer.written)
             writer.add(it, c)
             stats["rows"] += 1
             stats["audio_seconds"] += it.duration
@@ -169,9 +174,6 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
             pending["files"] += 1
             pending["seconds"] += it.duration
             pending["planned_done"] += planned.get(it.path, 0.0)
-            if spec.crash_after_shards is not None and len(writer.written) > before \
-                    and len(writer.written) >= spec.crash_after_shards:
-                os._exit(3)  # test hook: die hard like a killed process (no flush, no message)
         send()
 
     def emit_all(batches: list[list[LoadedItem]]) -> None:
@@ -191,36 +193,41 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
         except Exception as e:  # anything else a decoder library throws: still one file's problem
             return (item[0], f"cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
-    ahead = max(4, 4 * spec.io_threads)
-    with ThreadPoolExecutor(spec.io_threads, thread_name_prefix="load") as pool:
-        items = spec.items
-        if spec.sort_by_length:  # headers only (cheap); the files' order does not change their codes
-            t0 = time.monotonic()
-            seconds = list(pool.map(lambda item: header_seconds(os.path.join(spec.input_root, item[0])), items))
-            items = sort_by_length(items, seconds)
-            planned.update((path, sec or 0.0) for (path, _), sec in zip(spec.items, seconds))
-            stats["sort_seconds"] = time.monotonic() - t0
-            pending.update(planned_files=len(items), planned_seconds=sum(planned.values()))
-            send(force=True)
-        inflight: collections.deque = collections.deque()
-        it = iter(items)
-        while True:
-            while len(inflight) < ahead and not stop.is_set():
-                nxt = next(it, None)
-                if nxt is None:
+    try:
+        ahead = max(4, 4 * spec.io_threads)
+        with ThreadPoolExecutor(spec.io_threads, thread_name_prefix="load") as pool:
+            items = spec.items
+            if spec.sort_by_length:  # headers only (cheap); the files' order does not change their codes
+                t0 = time.monotonic()
+                seconds = list(pool.map(lambda item: header_seconds(os.path.join(spec.input_root, item[0])), items))
+                items = sort_by_length(items, seconds)
+                planned.update((path, sec or 0.0) for (path, _), sec in zip(spec.items, seconds))
+                stats["sort_seconds"] = time.monotonic() - t0
+                pending.update(planned_files=len(items), planned_seconds=sum(planned.values()))
+                send(force=True)
+            inflight: collections.deque = collections.deque()
+            it = iter(items)
+            while True:
+                while len(inflight) < ahead and not stop.is_set():
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    inflight.append(pool.submit(load, nxt))
+                if not inflight:
                     break
-                inflight.append(pool.submit(load, nxt))
-            if not inflight:
-                break
-            res = inflight.popleft().result()
-            if isinstance(res, tuple):
-                reject(*res)
-                send()
-            else:
-                emit_all(buckets.add(res))
-        for f in inflight:
-            f.cancel()
-    emit_all(buckets.flush())  # also on a graceful stop: the loaded items are cached
+                res = inflight.popleft().result()
+                if isinstance(res, tuple):
+                    reject(*res)
+                    send()
+                else:
+                    emit_all(buckets.add(res))
+            for f in inflight:
+                f.cancel()
+        emit_all(buckets.flush())  # also on a graceful stop: the loaded items are cached
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep the rows encoded before the error (a rerun skips them)
+            writer.flush()
+        raise
     writer.flush()
     send(force=True)
     stats["elapsed"] = time.monotonic() - started

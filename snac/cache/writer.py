@@ -8,8 +8,11 @@ import dataclasses
 import json
 import math
 import os
+import queue
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -36,11 +39,17 @@ def _next_seq(cache_dir: Path, worker_index: int) -> int:
 class ShardWriter:
     """Buffers rows of one worker and writes them as shards: temporary name, fsync, rename.
 
-    Rows are written when ``shard_rows`` are buffered or the buffer is ``max_seconds`` old.
+    Rows are written when ``shard_rows`` are buffered or the buffer is ``max_seconds`` old. With
+    ``background`` a thread writes each full shard while the caller goes on (encoding the next
+    batches): at most one shard is being written and one waits, so memory stays bounded and a
+    slow disk slows the caller only when it is two shards behind. A write error is raised by the
+    next ``add`` or ``flush``. ``on_written(name)`` runs (in the writing thread) once a shard is
+    durable. ``flush`` writes the rest and returns when every shard is on disk.
     """
 
     def __init__(self, cache_dir: Path, worker_index: int, schema: pa.Schema, shard_rows: int,
-                 max_seconds: float = SHARD_MAX_SECONDS):
+                 max_seconds: float = SHARD_MAX_SECONDS, background: bool = False,
+                 on_written: Callable[[str], None] | None = None):
         self.cache_dir = Path(cache_dir)
         self.worker_index = worker_index
         self.schema = schema
@@ -50,6 +59,12 @@ class ShardWriter:
         self.max_seconds = max_seconds
         self.seq = _next_seq(self.cache_dir, worker_index)
         self.written: list[str] = []
+        self.on_written = on_written
+        self._error: BaseException | None = None
+        self._jobs: queue.Queue | None = None
+        if background:
+            self._jobs = queue.Queue(maxsize=1)
+            threading.Thread(target=self._drain, name=f"shard-writer-{worker_index}", daemon=True).start()
         self._reset()
 
     def _reset(self) -> None:
@@ -57,23 +72,25 @@ class ShardWriter:
         self.started = time.monotonic()
 
     def add(self, item: LoadedItem, codes: list[np.ndarray]) -> None:
+        self._raise_error()
         self.rows.append((item, codes))
         if len(self.rows) >= self.shard_rows or time.monotonic() - self.started > self.max_seconds:
-            self.flush()
+            self._submit()
 
-    def table(self) -> pa.Table:
-        items = [it for it, _ in self.rows]
+    def table(self, rows: list | None = None) -> pa.Table:
+        rows = self.rows if rows is None else rows
+        items = [it for it, _ in rows]
         cols: dict[str, pa.Array] = {
             "id": pa.array([it.row_id for it in items], pa.string()),
             "path": pa.array([it.path for it in items], pa.string()),
             "duration": pa.array([it.duration for it in items], pa.float64()),
             "num_samples": pa.array([it.num_samples for it in items], pa.int64()),
-            "num_coarse": pa.array([len(c[0]) for _, c in self.rows], pa.int32()),
+            "num_coarse": pa.array([len(c[0]) for _, c in rows], pa.int32()),
             "sample_rate": pa.array([it.sample_rate for it in items], pa.int32()),
             "channels": pa.array([it.channels for it in items], pa.int16()),
         }
         for j in range(self.num_codebooks):
-            arrays = [c[j] for _, c in self.rows]
+            arrays = [c[j] for _, c in rows]
             offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
             np.cumsum([len(a) for a in arrays], out=offsets[1:])
             values = pa.array(np.concatenate(arrays))
@@ -82,15 +99,45 @@ class ShardWriter:
             cols["audio"] = pa.array([it.flac for it in items], pa.binary())
         return pa.table(cols, schema=self.schema)
 
-    def flush(self) -> str | None:
+    def _submit(self) -> None:
+        """Hand the buffered rows on as the next shard (written here, or by the thread)."""
         if not self.rows:
-            return None
-        name = shard_name(self.worker_index, self.seq)
-        write_parquet_durable(self.table(), self.cache_dir / name)
+            return
+        name, rows = shard_name(self.worker_index, self.seq), self.rows
         self.seq += 1
-        self.written.append(name)
         self._reset()
-        return name
+        if self._jobs is None:
+            self._write(name, rows)
+        else:
+            self._jobs.put((name, rows))  # blocks while one shard is written and one waits
+
+    def _write(self, name: str, rows: list) -> None:
+        write_parquet_durable(self.table(rows), self.cache_dir / name)
+        self.written.append(name)
+        if self.on_written is not None:
+            self.on_written(name)
+
+    def _drain(self) -> None:
+        while True:
+            name, rows = self._jobs.get()
+            try:
+                if self._error is None:  # after a failed write, later shards are not written either
+                    self._write(name, rows)
+            except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+                self._error = e
+            finally:
+                self._jobs.task_done()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing a shard to {self.cache_dir} failed: {self._error}") from self._error
+
+    def flush(self) -> None:
+        """Write the buffered rows; returns once every shard handed on is durable (or raises)."""
+        self._submit()
+        if self._jobs is not None:
+            self._jobs.join()
+        self._raise_error()
 
 
 def write_parquet_durable(table: pa.Table, final: Path) -> None:
