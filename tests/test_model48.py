@@ -1,5 +1,7 @@
 """SNAC48: lengths, smart initialisation, parameter groups, save/load."""
 
+import json
+
 import pytest
 import torch
 import torchaudio.functional as AF
@@ -156,7 +158,7 @@ def test_lite_head_starts_as_the_stock_decode_interpolated(full_base):
     edge = 2 * 64  # the full head's long final conv sees the zero padding differently near the ends
     assert (out_exact - out_full)[..., edge:-edge].abs().max() < 1e-4
     assert lite.config["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 8, "interp_taps": 6,
-                                   "branch_init": 1e-3}
+                                   "branch_init": 1e-4, "branch_gain": 10.0}
     deviation = (out_lite - out_exact).pow(2).mean().sqrt() / stock.pow(2).mean().sqrt()
     assert 0 < deviation < 1e-2, deviation
     torch.manual_seed(7)
@@ -174,6 +176,12 @@ def test_lite_head_round_trip_trains_and_old_configs_stay_full(tmp_path):
     again = SNAC48.from_pretrained(tmp_path / "lite")
     assert isinstance(again.head, type(lite.head)) and again.config == lite.config
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), lite.state_dict().values()))
+    # a lite export of before branch_gain (trained without one) loads with gain 1: the same decode
+    legacy = json.loads((tmp_path / "lite" / "config.json").read_text())
+    legacy["head"] = {k: v for k, v in legacy["head"].items() if k not in ("branch_gain", "branch_init")}
+    (tmp_path / "lite" / "config.json").write_text(json.dumps(legacy))
+    old_lite = SNAC48.from_pretrained(tmp_path / "lite")
+    assert old_lite.head.branch_gain == 1.0 and old_lite.config["head"]["branch_gain"] == 1.0
     # the branch's zero output conv still gets a gradient (through its weight-norm magnitude)
     fresh = SNAC48.from_snac(SNAC(**TINY_24KHZ), head=LITE)
     codes = [torch.randint(0, 64, (1, 4 * 2 ** i)) for i in range(3)]

@@ -232,7 +232,7 @@ def test_lite_head_trains_resumes_and_exports_its_head(data, tmp_path):
     assert run(data, tmp_path, batch_size=3, max_steps=2, head="lite", head_channels=4) == 0
     ckpt = load_checkpoint(tmp_path / "latest.pt")
     assert ckpt["model_config"]["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 4,
-                                            "interp_taps": 6}
+                                            "interp_taps": 6, "branch_init": 1e-4, "branch_gain": 10.0}
     assert any(k.startswith("head.branch_out.") for k in ckpt["model"])
     assert run(data, tmp_path, batch_size=3, max_steps=3, head="lite", head_channels=4, resume="auto") == 0
     again = load_checkpoint(tmp_path / "latest.pt")
