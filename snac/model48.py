@@ -45,8 +45,8 @@ from .vq import ResidualVectorQuantize
 
 BASE_KERNEL = 7  # kernel of the base decoder's final conv (SNAC's architecture)
 INTERP_TAPS = 6  # base-rate samples on each side that the initial output interpolation reads
-BRANCH_INIT = 1e-4  # weight-norm magnitude of the lite branch's output conv at init (see LiteHead.smart_init)
-BRANCH_GAIN = 10.0  # fixed factor on the lite branch's output (see LiteHead.smart_init)
+BRANCH_INIT = 1e-3  # weight-norm magnitude of the lite branch's output conv at init (see LiteHead.smart_init)
+BRANCH_GAIN = 1.0  # fixed factor on the lite branch's output (lite heads of 2026-12-06 saved 10)
 
 
 def final_kernel_size(factor: int, taps: int | None = None) -> int:
@@ -175,10 +175,11 @@ class LiteHead(nn.Module):
         # The branch starts nearly silent, at branch_gain x branch_init = 1e-3 (about 40 dB below
         # speech), not at 0: at exactly 0 no gradient reaches the branch's other layers and the
         # magnitude's own gradient has a random sign (the branch features are random); after 253
-        # steps it had only reached 4e-4 and the branch had learned nothing. The fixed gain makes
-        # Adam's steps on the output conv 10x larger (Adam's step does not scale with the gradient),
-        # so the branch's output grows 10x faster. Measured on held-out speech (README): gain 1 with
-        # init 1e-3 was worse than gain 10 with init 1e-4 on every metric; gain 100 worse again.
+        # steps it had only reached 4e-4 and the branch had learned nothing. From 1e-3 it must still
+        # grow ~100x, and Adam's step does not scale with the gradient: the trainer gives this conv
+        # its own lr (--branch_lr_scale, 30x). A fixed gain of 10 instead also scaled every branch
+        # gradient (and so the clipping); measured on held-out speech, the separate lr was better
+        # (README, heads).
         zero_magnitude_([self.branch_out] + ([self.noise.linear] if isinstance(self.noise, NoiseBlock) else []))
         self.branch_out.parametrizations.weight.original0.fill_(self.branch_init)
 

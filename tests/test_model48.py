@@ -158,7 +158,7 @@ def test_lite_head_starts_as_the_stock_decode_interpolated(full_base):
     edge = 2 * 64  # the full head's long final conv sees the zero padding differently near the ends
     assert (out_exact - out_full)[..., edge:-edge].abs().max() < 1e-4
     assert lite.config["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 8, "interp_taps": 6,
-                                   "branch_init": 1e-4, "branch_gain": 10.0}
+                                   "branch_init": 1e-3, "branch_gain": 1.0}
     deviation = (out_lite - out_exact).pow(2).mean().sqrt() / stock.pow(2).mean().sqrt()
     assert 0 < deviation < 1e-2, deviation
     torch.manual_seed(7)
@@ -182,6 +182,17 @@ def test_lite_head_round_trip_trains_and_old_configs_stay_full(tmp_path):
     (tmp_path / "lite" / "config.json").write_text(json.dumps(legacy))
     old_lite = SNAC48.from_pretrained(tmp_path / "lite")
     assert old_lite.head.branch_gain == 1.0 and old_lite.config["head"]["branch_gain"] == 1.0
+    # a lite export of 2026-12-06 (trained with a fixed gain of 10) keeps it: the same decode
+    (tmp_path / "lite" / "config.json").write_text(json.dumps({**legacy, "head": {**legacy["head"], "branch_gain": 10.0}}))
+    gain10 = SNAC48.from_pretrained(tmp_path / "lite")
+    assert gain10.head.branch_gain == 10.0 and gain10.config["head"]["branch_gain"] == 10.0
+    codes = [torch.randint(0, 64, (1, 4 * 2 ** i)) for i in range(3)]
+    with torch.inference_mode():
+        torch.manual_seed(1)
+        tenfold = gain10.eval().decode(codes)
+        torch.manual_seed(1)
+        plain = old_lite.eval().decode(codes)
+    assert not torch.equal(tenfold, plain)
     # the branch's zero output conv still gets a gradient (through its weight-norm magnitude)
     fresh = SNAC48.from_snac(SNAC(**TINY_24KHZ), head=LITE)
     codes = [torch.randint(0, 64, (1, 4 * 2 ** i)) for i in range(3)]

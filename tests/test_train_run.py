@@ -232,9 +232,21 @@ def test_lite_head_trains_resumes_and_exports_its_head(data, tmp_path):
     assert run(data, tmp_path, batch_size=3, max_steps=2, head="lite", head_channels=4) == 0
     ckpt = load_checkpoint(tmp_path / "latest.pt")
     assert ckpt["model_config"]["head"] == {"type": "lite", "upsample_factor": 2, "branch_channels": 4,
-                                            "interp_taps": 6, "branch_init": 1e-4, "branch_gain": 10.0}
+                                            "interp_taps": 6, "branch_init": 1e-3, "branch_gain": 1.0}
     assert any(k.startswith("head.branch_out.") for k in ckpt["model"])
     assert run(data, tmp_path, batch_size=3, max_steps=3, head="lite", head_channels=4, resume="auto") == 0
     again = load_checkpoint(tmp_path / "latest.pt")
     assert again["iteration"] == 3 and again["model_config"] == ckpt["model_config"]
     assert not equal_state(again["model"], ckpt["model"])  # it trained on
+    # a lite run of before --branch_lr_scale (one lr for the head: two optimizer groups) resumes only
+    # with --branch_lr_scale 1, and says so in one line; its checkpoint is left as it was
+    old = tmp_path / "old"
+    assert run(data, old, batch_size=3, max_steps=2, head="lite", head_channels=4, branch_lr_scale=1.0) == 0
+    saved = load_checkpoint(old / "latest.pt")
+    assert [g["name"] for g in saved["optimizer"]["param_groups"]] == ["head", "decoder"]
+    assert run(data, old, batch_size=3, max_steps=3, head="lite", head_channels=4, resume="auto") != 0
+    error = log_lines(old, "error:")[-1]
+    assert "param groups ['head', 'decoder']" in error and "resume with --branch_lr_scale 1" in error
+    assert load_checkpoint(old / "latest.pt")["iteration"] == 2
+    assert run(data, old, batch_size=3, max_steps=3, head="lite", head_channels=4, branch_lr_scale=1.0,
+               resume="auto") == 0

@@ -99,3 +99,27 @@ def test_new_lr_weight_decay_and_warmup_lr_at_resume_are_used_and_recorded(data,
     schedule = OneCycleSchedule(one_param_optimizer(), 2e-3, 0.1, 8)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(schedule.lr_at(3))  # next step's lr
     assert ckpt["config"]["learning_rate"] == 2e-3 and ckpt["config"]["weight_decay"] == 0.05
+
+
+def test_the_lite_branch_output_group_follows_the_curve_times_its_scale(data, tmp_path):
+    """--branch_lr_scale: the lite head's branch_out conv is its own AdamW group whose lr is the
+    head's times the scale, in warmup and on the one-cycle curve, and a resume takes the new flag."""
+    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))]},
+                             {"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 7.0}], lr=1.0)
+    schedule = OneCycleSchedule(opt, 2e-3, 0.25, 6)
+    for _ in range(5):
+        assert opt.param_groups[1]["lr"] == pytest.approx(7 * opt.param_groups[0]["lr"])
+        schedule.step()
+    # batch 2: warmup epoch 1 = iterations 1-4; stop at 2 (warmup), then at 6 (unfreeze)
+    lite = {"head": "lite", "head_channels": 4, "batch_size": 2, "epochs": 3}
+    assert run(data, tmp_path, **lite, branch_lr_scale=7.0, max_steps=2) == 0
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    groups, warmup_lr = ckpt["optimizer"]["param_groups"], ckpt["config"]["warmup_learning_rate"]
+    assert [g["name"] for g in groups] == ["head", "branch_out", "decoder"]
+    assert groups[0]["lr"] == warmup_lr == train_lrs(tmp_path)[2] and groups[1]["lr"] == pytest.approx(7 * warmup_lr)
+    assert len(groups[1]["params"]) == 3  # the conv's bias and its weight norm's magnitude and direction
+    assert run(data, tmp_path, **lite, branch_lr_scale=3.0, resume="auto", max_steps=6) == 0
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert ckpt["phase"] == "unfreeze" and groups[0]["lr"] != warmup_lr  # on the curve now
+    assert groups[1]["lr"] == pytest.approx(3 * groups[0]["lr"]) and groups[2]["lr"] == groups[0]["lr"]

@@ -52,6 +52,8 @@ class TrainConfig:
     head: str = _opt("full", "the new head: 'full' (every output layer at the new rate) or 'lite' (the stock "
                              "output layers at the base rate, sinc-interpolated, + a narrow learned branch)")
     head_channels: int | None = _opt(None, "channels of the lite head's branch (default: min(16, the trunk's))")
+    branch_lr_scale: float = _opt(30.0, "lite head: lr multiplier of the branch's output conv, in its own AdamW "
+                                        "group (1: one lr for the whole head, as lite runs before it had)")
     batch_size: int = _opt(32, "windows per step per rank (scaled by a curriculum's batch_multiplier)")
     epochs: int = _opt(15, "passes over the training rows (one random window per row per epoch)")
     warmup_epochs: int = _opt(1, "first epochs train only the output head; must be < epochs")
@@ -268,7 +270,7 @@ def validate(cfg: TrainConfig) -> None:
          f"--warmup_epochs ({cfg.warmup_epochs}) must be >= 0 and < --epochs ({cfg.epochs}), so the "
          "decoder trains after the head; lower it or raise --epochs")
     need(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
-    for name in ("learning_rate", "warmup_learning_rate", "segment_length", "val_segment_length"):
+    for name in ("learning_rate", "warmup_learning_rate", "segment_length", "val_segment_length", "branch_lr_scale"):
         value = getattr(cfg, name)
         need(math.isfinite(value) and value > 0, f"--{name} must be a positive number, got {value}")
     need(0 < cfg.onecycle_pct_start < 1, f"--onecycle_pct_start must be in (0, 1), got {cfg.onecycle_pct_start}")

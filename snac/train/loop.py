@@ -36,7 +36,7 @@ TRAJECTORY_KEYS = {"seed", "batch_size", "epochs", "warmup_epochs", "learning_ra
                    "onecycle_pct_start", "weight_decay", "grad_clip", "train_codes", "precision",
                    "mel_weight", "adversarial", "adversarial_warmup", "disc_start_step", "adv_weight",
                    "feat_weight", "disc_learning_rate", "multi_period", "multi_band", "mpd_channels",
-                   "mrd_channels"}
+                   "mrd_channels", "branch_lr_scale"}
 # scalars of the adversarial recipe (or of --mel_weight) shown in the log line when a step has them
 EXTRA_TERMS = (("loss/mel", "mel"), ("loss/adv", "adv"), ("loss/feat", "feat"))
 DISC_TERMS = (("disc/loss", "loss"), ("disc/real", "real"), ("disc/fake", "fake"))

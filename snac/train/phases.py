@@ -58,13 +58,34 @@ def set_phase(model: nn.Module, phase: str) -> dict:
     return record
 
 
+def fast_parameters(model: nn.Module, cfg: TrainConfig) -> list[nn.Parameter]:
+    """The lite head's branch output conv when it gets its own lr (--branch_lr_scale != 1), else [].
+
+    The branch starts nearly silent (branch_init), so its output layer must grow by orders of
+    magnitude; Adam's step is about lr whatever the gradient, so at the head's lr it stayed far too
+    small in a fine-tuning budget (README, heads)."""
+    out = getattr(getattr(model, "head", None), "branch_out", None)
+    if not isinstance(model, SNAC48) or out is None or cfg.branch_lr_scale == 1:
+        return []
+    return list(out.parameters())
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """One AdamW with two groups (head, decoder): the head's moments survive the phase switch.
-    Params without a gradient (the decoder during warmup) are skipped by AdamW."""
+    """One AdamW with groups head, [branch_out], decoder: the head's moments survive the phase switch.
+
+    Every group follows the same lr (the warmup's constant, then the one-cycle curve) times its
+    ``lr_scale`` (1 but for branch_out). Params without a gradient (the decoder during warmup) are
+    skipped by AdamW."""
     groups = parameter_groups(model)
-    return torch.optim.AdamW([{"params": groups["head"], "lr": cfg.warmup_learning_rate, "name": "head"},
-                              {"params": groups["decoder"], "lr": cfg.learning_rate, "name": "decoder"}],
-                             weight_decay=cfg.weight_decay)
+    fast = fast_parameters(model, cfg)
+    fast_ids = {id(p) for p in fast}
+    specs = [{"params": [p for p in groups["head"] if id(p) not in fast_ids], "name": "head", "lr_scale": 1.0}]
+    if fast:
+        specs.append({"params": fast, "name": "branch_out", "lr_scale": cfg.branch_lr_scale})
+    specs.append({"params": groups["decoder"], "name": "decoder", "lr_scale": 1.0})
+    for spec in specs:
+        spec["lr"] = spec["lr_scale"] * (cfg.learning_rate if spec["name"] == "decoder" else cfg.warmup_learning_rate)
+    return torch.optim.AdamW(specs, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> OneCycleSchedule:
@@ -81,10 +102,19 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, resume: dict, cfg: Train
     rest of the curve is refitted onto the unfreeze steps now left in the whole plan (batch size,
     curriculum, --limit, epochs or world size may have changed), so it continues where it was and
     ends exactly at the last step; with an unchanged plan it is the uninterrupted run's curve."""
+    saved = [g.get("name") for g in resume["optimizer"]["param_groups"]]
+    names = [g["name"] for g in optimizer.param_groups]
+    if saved != names:
+        hint = ("it was trained with one lr for the whole head: resume with --branch_lr_scale 1"
+                if "branch_out" in names else "it was trained with its own lr for the lite branch's output: "
+                f"resume with --branch_lr_scale {resume.get('config', {}).get('branch_lr_scale', '> 1')}")
+        raise ValueError(f"the checkpoint's optimizer has param groups {saved}, this run's {names}: {hint}")
     optimizer.load_state_dict(resume["optimizer"])
+    scales = {"branch_out": cfg.branch_lr_scale}
     for group in optimizer.param_groups:  # the saved groups carry the old flags' values
         group["weight_decay"] = cfg.weight_decay
-        group["lr"] = cfg.warmup_learning_rate if group.get("name") == "head" else cfg.learning_rate
+        group["lr_scale"] = scales.get(group["name"], 1.0)
+        group["lr"] = group["lr_scale"] * (cfg.learning_rate if group["name"] == "decoder" else cfg.warmup_learning_rate)
     if resume["phase"] != "unfreeze":
         return None
     remaining = 0

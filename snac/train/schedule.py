@@ -40,7 +40,8 @@ def one_cycle(x: float, max_lr: float, pct_start: float) -> float:
 
 
 class OneCycleSchedule:
-    """Sets every param group's lr (and weight decay) from (unfreeze steps done, segment, flags).
+    """Sets every param group's lr (times its ``lr_scale``, default 1) and weight decay from
+    (unfreeze steps done, segment, flags).
 
     ``step()`` after each optimizer step, like a torch scheduler; ``state_dict`` is what a
     checkpoint stores (plain ints and floats)."""
@@ -66,7 +67,7 @@ class OneCycleSchedule:
     def apply(self) -> None:
         lr = self.lr_at(self.steps_done)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
             if self.weight_decay is not None:
                 group["weight_decay"] = self.weight_decay
 
