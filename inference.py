@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from snac import SNAC
 from snac.audio import AUDIO_EXTENSIONS, audio_info, iter_resampled_blocks
-from snac.compiling import BACKENDS, CompileCounter, compile_method_
+from snac.compiling import BACKEND_HELP, BACKENDS, CompileCounter, compile_method_
 from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_blocks, iter_decode,
                         load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
 from snac.layers import fold_weight_norm
@@ -70,8 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile the decoder and the encoder (the first file and the last chunk of a new "
                         "length pay the compile; every graph compiled is printed and counted)")
     p.add_argument("--compile_backend", default="inductor", choices=BACKENDS,
-                   help="backend of --compile; aot_eager / eager run dynamo without code generation, to debug "
-                        "recompiles (default: inductor)")
+                   help=BACKEND_HELP + " (default: inductor)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the decoder's noise, set before each chunk of each file (default: 0)")
     p.add_argument("--subtype", default="PCM_16", choices=SUBTYPES,

@@ -13,6 +13,15 @@ from __future__ import annotations
 from typing import Callable
 
 BACKENDS = ("inductor", "aot_eager", "eager")  # aot_eager / eager: dynamo's guards and graphs, no codegen
+BACKEND_HELP = ("backend of --compile: inductor, or aot_eager / eager (dynamo's graphs without code generation, "
+                "to debug recompiles)")
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` when it is one of :data:`BACKENDS`; else ValueError naming --compile_backend's choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--compile_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
 
 
 class CompileCounter:
@@ -22,9 +31,7 @@ class CompileCounter:
     graph (default: nothing). ``graphs`` is the count so far."""
 
     def __init__(self, name: str, backend: str = "inductor", report: Callable[[str], None] | None = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"compile backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        self.name, self.backend_name, self.report = name, backend, report
+        self.name, self.backend_name, self.report = name, check_backend(backend), report
         self.graphs = 0
         self._backend = None
         if backend != "eager":
@@ -53,7 +60,8 @@ def compile_fn(fn: Callable, counter: CompileCounter) -> Callable:
 
     Random ops (the decoder's noise) are left to torch's own generator (inductor's
     ``fallback_random``), so a seeded decode or training step draws the same noise compiled or not
-    and the outputs match eager's; without it inductor draws its own numbers."""
+    and the outputs match eager's; without it inductor draws its own numbers. (Set here, not at
+    import: importing inductor costs seconds that the configs importing this module should not.)"""
     import torch
     import torch._inductor.config
 

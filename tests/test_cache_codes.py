@@ -389,14 +389,14 @@ def test_background_writer_lets_the_caller_go_on_and_raises_a_failed_write(tmp_p
     monkeypatch.setattr(writer_mod, "write_parquet_durable", slow_write)
     done = []
     w = writer_mod.ShardWriter(tmp_path, 0, shard_schema(3, 64, False), shard_rows=2, background=True,
-                               on_written=done.append)
+                               on_written=lambda name, count: done.append((name, count)))
     for i in range(3):
         w.add(*_row(i))  # the 2nd add hands shard 0 to the thread, which blocks in the write
     assert started.wait(30) and done == [] and w.written == []
     gate.set()
     w.flush()  # writes shard 1 (row 2) after shard 0, and waits for both
-    assert done == w.written == [shard_name(0, 0), shard_name(0, 1)]
-    assert [r["id"] for s in done for r in pq.read_table(tmp_path / s).to_pylist()] == ["u0", "u1", "u2"]
+    assert w.written == [shard_name(0, 0), shard_name(0, 1)] and done == [(w.written[0], 1), (w.written[1], 2)]
+    assert [r["id"] for s in w.written for r in pq.read_table(tmp_path / s).to_pylist()] == ["u0", "u1", "u2"]
 
     def broken_write(table, final):
         raise OSError(28, "No space left on device")
@@ -408,4 +408,4 @@ def test_background_writer_lets_the_caller_go_on_and_raises_a_failed_write(tmp_p
         w.flush()
     with pytest.raises(RuntimeError, match="No space left"):
         w.add(*_row(5))
-    assert w.written == done and len(done) == 2
+    assert [name for name, _ in done] == w.written and len(done) == 2

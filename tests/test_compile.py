@@ -30,7 +30,7 @@ cache_cli = load_script("cache_codes_multigpu.py")
 
 
 def test_counter_refuses_an_unknown_backend():
-    with pytest.raises(ValueError, match="compile backend must be one of"):
+    with pytest.raises(ValueError, match="--compile_backend must be one of"):
         CompileCounter("x", "tensorrt")
 
 

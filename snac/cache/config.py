@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ..compiling import BACKENDS
+from ..compiling import BACKEND_HELP, check_backend
 from ..presets import DEFAULT_BASE
 
 
@@ -36,8 +36,7 @@ class CacheConfig:
                                       "first, so batches of equal padded length fill up (same codes either way)")
     compile: bool = _opt(False, "torch.compile each worker's encoder (graphs counted in the summary; codes equal "
                                 "eager's except at float near-ties)")
-    compile_backend: str = _opt("inductor", "backend of --compile: inductor, or aot_eager / eager (no code "
-                                            "generation, to debug recompiles)")
+    compile_backend: str = _opt("inductor", BACKEND_HELP)
     limit: int | None = _opt(None, "cache only the first N files (sorted by path); a later run without it "
                                    "finishes the rest")
     embed_audio: bool = _opt(False, "store the target-rate mono audio as FLAC bytes in each row")
@@ -59,8 +58,7 @@ class CacheConfig:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
-        if self.compile_backend not in BACKENDS:
-            raise ValueError(f"--compile_backend must be one of {', '.join(BACKENDS)}, got {self.compile_backend!r}")
+        check_backend(self.compile_backend)
         if self.io_threads is not None and self.io_threads < 1:
             raise ValueError(f"--io_threads must be >= 1, got {self.io_threads}")
 

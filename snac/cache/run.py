@@ -117,8 +117,8 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     schema = shard_schema(s["num_codebooks"], s["codebook_size"], s["embed_audio"],
                           {"model_id": s["model_id"], "model_config": s["model_config"],
                            "target_sample_rate": s["target_sample_rate"], "format_version": FORMAT_VERSION})
-    def written(name: str) -> None:  # in the writer thread, once the shard is durable
-        if spec.crash_after_shards is not None and len(writer.written) >= spec.crash_after_shards:
+    def written(name: str, count: int) -> None:  # in the writer thread, once the shard is durable
+        if spec.crash_after_shards is not None and count >= spec.crash_after_shards:
             os._exit(3)  # test hook: die hard like a killed process (no flush, no message)
 
     # shards are written by a thread while this one encodes: the device does not wait on the disk

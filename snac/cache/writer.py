@@ -43,13 +43,13 @@ class ShardWriter:
     ``background`` a thread writes each full shard while the caller goes on (encoding the next
     batches): at most one shard is being written and one waits, so memory stays bounded and a
     slow disk slows the caller only when it is two shards behind. A write error is raised by the
-    next ``add`` or ``flush``. ``on_written(name)`` runs (in the writing thread) once a shard is
-    durable. ``flush`` writes the rest and returns when every shard is on disk.
+    next ``add`` or ``flush``. ``on_written(name, count)`` runs (in the writing thread) once a
+    shard is durable; ``count`` is the shards written so far. ``flush`` writes the rest and returns when every shard is on disk.
     """
 
     def __init__(self, cache_dir: Path, worker_index: int, schema: pa.Schema, shard_rows: int,
                  max_seconds: float = SHARD_MAX_SECONDS, background: bool = False,
-                 on_written: Callable[[str], None] | None = None):
+                 on_written: Callable[[str, int], None] | None = None):
         self.cache_dir = Path(cache_dir)
         self.worker_index = worker_index
         self.schema = schema
@@ -115,7 +115,7 @@ class ShardWriter:
         write_parquet_durable(self.table(rows), self.cache_dir / name)
         self.written.append(name)
         if self.on_written is not None:
-            self.on_written(name)
+            self.on_written(name, len(self.written))
 
     def _drain(self) -> None:
         while True:

@@ -13,7 +13,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from ..compiling import BACKENDS
+from ..compiling import BACKEND_HELP, check_backend
 from ..presets import DEFAULT_BASE
 
 
@@ -44,8 +44,7 @@ class TrainConfig:
     num_workers: int = _opt(2, "DataLoader worker processes per rank (0 = load in the main process)")
     precision: str | None = _opt(None, "bf16 (autocast) or fp32 (default: bf16 on CUDA, fp32 on CPU)")
     compile: bool = _opt(False, "wrap the model in torch.compile (each graph compiled is logged and counted)")
-    compile_backend: str = _opt("inductor", "backend of --compile: inductor, or aot_eager / eager (dynamo's "
-                                            "graphs without code generation, to debug recompiles)")
+    compile_backend: str = _opt("inductor", BACKEND_HELP)
     seed: int = _opt(1234, "seed of windows, shuffling, model noise: same seed -> same run")
     # ---- schedule ----
     target_sample_rate: int = _opt(48000, "48000: new x2 head (SNAC48); 24000: fine-tune the stock decoder")
@@ -306,8 +305,10 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.head in ("full", "lite"), f"--head must be 'full' or 'lite', got {cfg.head!r}")
     need(cfg.head_channels is None or (cfg.head == "lite" and cfg.head_channels >= 1),
          f"--head_channels {cfg.head_channels}: only for --head lite, and >= 1")
-    need(cfg.compile_backend in BACKENDS, f"--compile_backend must be one of {', '.join(BACKENDS)}, "
-                                          f"got {cfg.compile_backend!r}")
+    try:
+        check_backend(cfg.compile_backend)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     need(cfg.precision in (None, "bf16", "fp32"), f"--precision must be bf16 or fp32, got {cfg.precision!r}")
     device = cfg.device
     need(device is None or device == "cpu" or device.isdigit(),
