@@ -117,7 +117,9 @@ def test_the_lite_branch_output_group_follows_the_curve_times_its_scale(data, tm
     groups, warmup_lr = ckpt["optimizer"]["param_groups"], ckpt["config"]["warmup_learning_rate"]
     assert [g["name"] for g in groups] == ["head", "branch_out", "decoder"]
     assert groups[0]["lr"] == warmup_lr == train_lrs(tmp_path)[2] and groups[1]["lr"] == pytest.approx(7 * warmup_lr)
-    assert len(groups[1]["params"]) == 3  # the conv's bias and its weight norm's magnitude and direction
+    assert len(groups[1]["params"]) == 3  # bias, weight-norm magnitude and direction: 1 + 1 + 4 x 7 = 30 values
+    assert "its branch's output conv (30 parameters) trains at 7x the head's lr" in \
+        (tmp_path / "training.log").read_text()
     assert run(data, tmp_path, **lite, branch_lr_scale=3.0, resume="auto", max_steps=6) == 0
     ckpt = load_checkpoint(tmp_path / "latest.pt")
     groups = ckpt["optimizer"]["param_groups"]

@@ -339,6 +339,10 @@ def log_model(run: Run, state: TrainState) -> None:
                  f"{len(plan.train_coarse)} train rows, {0 if plan.val_coarse is None else len(plan.val_coarse)} "
                  f"val rows; {total_iterations(cfg, plan)} iterations over {cfg.epochs} epochs; "
                  f"world size {run.dist_info.world_size}")
+    fast = [g for g in state.optimizer.param_groups if g["name"] == "branch_out"]
+    if fast:
+        run.log.line(f"lite head: its branch's output conv ({count(fast[0]['params'])} parameters) trains at "
+                     f"{fast[0]['lr_scale']:g}x the head's lr (--branch_lr_scale)")
     if plan.val_coarse is not None:
         val_tokens = plan.val_geometry.tokens_for_seconds(cfg.val_segment_length)
         short = int((plan.val_coarse < val_tokens).sum())
