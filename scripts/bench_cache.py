@@ -17,6 +17,8 @@ Generates --files utterances with log-normal lengths (median 4 s, --sigma) at mi
       (a) the encoder alone on the worker's batches, preloaded on the device, and (b) the worker's
       whole pipeline; prints the ratio (b)/(a), goal >= 0.9 (I/O, resampling and writing hidden
       behind the encoder).
+  (0) batching alone at corpus scale (--plan_files): the worker's sort and LengthBuckets on
+      that many log-normal lengths (no audio, seconds): the fill one worker of a real corpus gets.
 Sorted fill grows with the files per worker (a padded length needs many files to fill its
 batches): at a few thousand files it is far below what a worker with 100 k files reaches.
 Asserts nothing.
@@ -108,6 +110,23 @@ def worker_batches(root: Path, files: list[str], model, batch_seconds: float, so
     return [b for it in items for b in buckets.add(it)] + buckets.flush()
 
 
+def planned_fill(num_files: int, sigma: float, model, batch_seconds: float, sort: bool, seed: int = 0) -> tuple[float, int]:
+    """(mean fill, batches) of a worker's batching on ``num_files`` log-normal lengths (median 4 s,
+    0.3-30 s, at the model's rate), without audio: the same sort and LengthBuckets as run_worker."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    seconds = np.clip(np.exp(rng.normal(np.log(4.0), sigma, num_files)), 0.3, 30.0)
+    lengths = [int(s * model.sampling_rate) for s in seconds]
+    if sort:
+        lengths = sorted(lengths)
+    samples = int(batch_seconds * model.sampling_rate)
+    buckets = LengthBuckets(model.pad_multiple, samples, PENDING_BATCHES * samples, sorted_input=sort)
+    items = (SimpleNamespace(audio=SimpleNamespace(shape=(n,))) for n in lengths)
+    batches = [b for it in items for b in buckets.add(it)] + buckets.flush()
+    return float(np.mean([buckets.fill(b) for b in batches])), len(batches)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["full", "tiny"], default="full",
@@ -115,6 +134,8 @@ def main() -> None:
     ap.add_argument("--pretrained_model", default=None, help="use this hub id / dir instead of --model")
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--files", type=int, default=3000, help="utterances in the generated corpus (batch fill)")
+    ap.add_argument("--plan_files", default="10000,100000",
+                    help="(0): comma-separated corpus sizes per worker for the batching-only fill ('' skips it)")
     ap.add_argument("--encode_files", type=int, default=80, help="of them, encoded by the model (throughput)")
     ap.add_argument("--sigma", type=float, default=0.5, help="log-normal spread of the lengths (median 4 s)")
     ap.add_argument("--batch_seconds", type=float, default=60.0)
@@ -174,6 +195,13 @@ def main() -> None:
               f"log-normal lengths (median 4 s, sigma {args.sigma:g}) at 16/24/44.1/48 kHz, "
               f"made in {time.perf_counter() - t0:.0f} s")
 
+        for n in [int(v) for v in args.plan_files.split(",") if v.strip()]:
+            t1 = time.perf_counter()
+            figures = {name.strip(): planned_fill(n, args.sigma, model, args.batch_seconds, sort)
+                       for name, sort in orders.items()}
+            print(f"(0) batching alone, {n} files per worker: "
+                  + "; ".join(f"{name} mean fill {100 * f:5.1f}% over {b} batches" for name, (f, b) in figures.items())
+                  + f" ({time.perf_counter() - t1:.1f} s)")
         print(f"(1) batch fill: one worker, all {len(files)} files, stub encoder (the pipeline without the model)")
         for name, sort in orders.items():
             stats, wall, _ = worker(files, sort, StubEncoder(model))
