@@ -3,6 +3,7 @@
 
     uv run python scripts/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda] [--lite_channels 16,32]
     uv run python scripts/bench_model.py --modes   # + eager/compiled x fp32/bf16 decodes, ratios to stock eager fp32
+    uv run python scripts/bench_model.py --train_snake   # + a training decode's Snake: recomputing vs plain autograd
 
 Prints a table of median times and ratios measured in this one process (timings interleaved so
 that machine noise hits both sides alike). The reference wheel is fetched like the parity tests do.
@@ -112,6 +113,68 @@ def mode_table(models: dict, codes, dev: str, repeats: int) -> None:
         print(f"{name:18s} {row[0]:11.2f} {row[1]:11.2f} {row[2]:14.2f} {row[3]:14.2f}  {counters[name].graphs}")
 
 
+def train_snake_table(models: dict, codes, dev: str, repeats: int) -> None:
+    """Forward + backward of a decode (every decoder parameter trained) with the Snake in use (its
+    backward recomputes from x and alpha) against the plain expression's autograd, in this process:
+    step time, the activation bytes autograd keeps for the backward (saved-tensor hooks; each
+    storage counted once) and, on CUDA, the allocator's peak."""
+    import snac.layers as layers
+
+    def plain(x, alpha):
+        return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+
+    variants = {"recompute": layers.snake, "plain autograd": plain}
+
+    def step(model, variant: str) -> tuple[float, float, float]:
+        layers.snake = variants[variant]
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            kept.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            return t
+
+        try:
+            model.zero_grad(set_to_none=True)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = model.decode(codes).square().mean()
+            loss.backward()
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else float("nan")
+            return time.perf_counter() - t0, sum(kept.values()) / 2**20, peak
+        finally:
+            layers.snake = variants["recompute"]
+
+    for model in models.values():
+        model.train().requires_grad_(False)
+        for p in model.decoder.parameters():
+            p.requires_grad_(True)
+        for p in getattr(model, "head", torch.nn.Module()).parameters():
+            p.requires_grad_(True)
+    results = {(name, v): [] for name in models for v in variants}
+    for name, model in models.items():  # warm-up
+        for v in variants:
+            step(model, v)
+    for _ in range(repeats):
+        for name, model in models.items():
+            for v in variants:
+                torch.manual_seed(0)
+                results[(name, v)].append(step(model, v))
+    print(f"training decode (forward + backward, decoder trained), median of {repeats}: recomputing Snake / "
+          "plain autograd")
+    print(f"{'model':18s} {'time':>6s} {'saved MiB (recompute / plain)':>31s}  {'CUDA peak MiB':>14s}")
+    for name in models:
+        r, p = ([statistics.median(x[i] for x in results[(name, v)]) for i in range(3)] for v in variants)
+        print(f"{name:18s} {r[0] / p[0]:6.2f} {r[1]:12.1f} / {p[1]:8.1f} = {r[1] / p[1]:.2f}  "
+              + (f"{r[2]:.0f} / {p[2]:.0f} = {r[2] / p[2]:.2f}" if dev == "cuda" else "-"))
+    for model in models.values():
+        model.eval().requires_grad_(True)  # as they were built
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="audio length per call")
@@ -125,6 +188,8 @@ def main() -> None:
     ap.add_argument("--modes", action="store_true",
                     help="also time eager/compiled x fp32/bf16 decodes of stock, SNAC48 and the first lite head "
                          "(compiling takes minutes on a CPU)")
+    ap.add_argument("--train_snake", action="store_true",
+                    help="also time a training decode with the recomputing Snake against plain autograd")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -188,6 +253,9 @@ def main() -> None:
     for c in lites:
         print(f"{'SNAC48 lite-' + str(c) + ' / stock 24k decode:':41s}"
               f"{med[f'SNAC48 lite-{c} decode'] / med['stock 24k decode']:.3f}")
+    if args.train_snake:
+        first_lite = {f"SNAC48 lite-{c}": m for c, m in list(lites.items())[:1]}
+        train_snake_table({"stock 24k": ours, "SNAC48 full": m48, **first_lite}, codes, dev, args.repeats)
     if args.modes:
         first_lite = {f"SNAC48 lite-{c}": m for c, m in list(lites.items())[:1]}
         mode_table({"stock 24k": folded, "SNAC48 full": m48_folded,

@@ -229,9 +229,12 @@ def test_hub_download_failure_is_one_clear_error(monkeypatch):
         SNAC.from_pretrained("someone/x")
 
 
-def test_snake_in_place_path_is_bit_identical_and_autograd_keeps_the_plain_one():
+def test_snake_in_place_path_is_bit_identical_and_training_keeps_only_its_inputs():
     """Without autograd Snake runs in place (faster); it must be the same bits as the plain formula,
-    in fp32, bf16 input and under autocast, and with autograd the gradient must be the plain one's."""
+    in fp32, bf16 input and under autocast. With autograd the forward is the same bits too, the
+    recomputing backward equals the plain formula's gradient to float rounding (and passes
+    gradcheck in float64), and only x and alpha are kept for it (the plain one keeps 3 more
+    activation-sized tensors)."""
     from snac.layers import snake
 
     def plain(x, a):
@@ -244,10 +247,28 @@ def test_snake_in_place_path_is_bit_identical_and_autograd_keeps_the_plain_one()
             assert torch.equal(snake(x, a), plain(x, a))
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(snake(x, a), plain(x, a))
-    x = torch.randn(2, 8, 999, requires_grad=True)
-    ap = a.clone().requires_grad_()
-    snake(x, ap).square().sum().backward()
-    gx, ga = x.grad.clone(), ap.grad.clone()
-    x.grad = ap.grad = None
-    plain(x, ap).square().sum().backward()
-    assert torch.equal(gx, x.grad) and torch.equal(ga, ap.grad)
+        grads = []
+        for fn, xin, ain in ((snake, x, a), (plain, x, a), (plain, x.double(), a.double())):
+            xg, ag = xin.clone().requires_grad_(), ain.clone().requires_grad_()
+            y = fn(xg, ag)
+            (y.double() * torch.linspace(-1, 1, y.shape[-1], dtype=torch.float64)).square().sum().backward()
+            grads.append((y.detach(), xg.grad, ag.grad))
+        (y, gx, ga), (y_plain, gx_plain, ga_plain), (_, gx_64, ga_64) = grads
+        assert torch.equal(y, y_plain) and gx.dtype == x.dtype and ga.dtype == a.dtype
+        if x.dtype == torch.float32:
+            torch.testing.assert_close(gx, gx_plain, rtol=1e-5, atol=1e-5 * gx_plain.abs().max().item())
+            torch.testing.assert_close(ga, ga_plain, rtol=1e-5, atol=0)
+        else:  # bf16 x: the plain one rounds its two terms of dy/dx to bf16 apart; this one rounds once
+            assert (gx.double() - gx_64).abs().max() <= (gx_plain.double() - gx_64).abs().max()
+            torch.testing.assert_close(ga.double(), ga_64, rtol=1e-5, atol=0)
+    x64 = torch.randn(2, 3, 40, dtype=torch.float64, requires_grad=True)
+    a64 = (torch.rand(1, 3, 1, dtype=torch.float64) + 0.2).requires_grad_()
+    assert torch.autograd.gradcheck(snake, (x64, a64))
+    saved = {}
+    for fn in (snake, plain):
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            xg = torch.randn(2, 8, 999, requires_grad=True)
+            fn(xg, a.clone().requires_grad_())
+        saved[fn] = sum(t.numel() for t in kept if t.numel() > 8)  # activation-sized tensors
+    assert saved[snake] == 2 * 8 * 999 and saved[plain] == 4 * 2 * 8 * 999, saved
