@@ -71,7 +71,7 @@ class _Snake(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # dy/dalpha = (x sin(2 alpha x) - sin(alpha x)^2 / (alpha + eps)) / (alpha + eps)
             term = sin2.mul_(x).sub_(sine.square_().mul_(inv)).mul_(grad)
             dims = [d for d in range(term.dim()) if alpha.shape[d] == 1 and term.shape[d] != 1]
-            grad_alpha = (term.sum(dims, keepdim=True) * inv).to(alpha.dtype)
+            grad_alpha = ((term.sum(dims, keepdim=True) if dims else term) * inv).to(alpha.dtype)  # sum([]) sums all
         return grad_x, grad_alpha
 
 

@@ -264,6 +264,8 @@ def test_snake_in_place_path_is_bit_identical_and_training_keeps_only_its_inputs
     x64 = torch.randn(2, 3, 40, dtype=torch.float64, requires_grad=True)
     a64 = (torch.rand(1, 3, 1, dtype=torch.float64) + 0.2).requires_grad_()
     assert torch.autograd.gradcheck(snake, (x64, a64))
+    x1 = torch.randn(1, 3, 1, dtype=torch.float64, requires_grad=True)  # B = T = 1: nothing to sum over
+    assert torch.autograd.gradcheck(snake, (x1, a64))
     saved = {}
     for fn in (snake, plain):
         kept = []

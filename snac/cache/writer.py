@@ -44,7 +44,8 @@ class ShardWriter:
     batches): at most one shard is being written and one waits, so memory stays bounded and a
     slow disk slows the caller only when it is two shards behind. A write error is raised by the
     next ``add`` or ``flush``. ``on_written(name, count)`` runs (in the writing thread) once a
-    shard is durable; ``count`` is the shards written so far. ``flush`` writes the rest and returns when every shard is on disk.
+    shard is durable; ``count`` is the shards written so far. ``flush`` writes the rest and
+    returns when every shard is on disk.
     """
 
     def __init__(self, cache_dir: Path, worker_index: int, schema: pa.Schema, shard_rows: int,
