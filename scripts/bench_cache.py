@@ -100,12 +100,17 @@ def encoder_alone(model, batches: list[torch.Tensor], device: str) -> tuple[floa
     return time.perf_counter() - t, time.process_time() - c
 
 
+def worker_buckets(model, batch_seconds: float, sort: bool) -> LengthBuckets:
+    """The LengthBuckets a caching worker batches with (its batch size and pending bound)."""
+    samples = int(batch_seconds * model.sampling_rate)
+    return LengthBuckets(model.pad_multiple, samples, PENDING_BATCHES * samples, sorted_input=sort)
+
+
 def worker_batches(root: Path, files: list[str], model, batch_seconds: float, sort: bool) -> list:
     """The batches a caching worker forms from ``files`` (its helpers, its order), loaded up front."""
     if sort:
         files = sort_by_length(files, [header_seconds(root / f) for f in files])
-    samples = int(batch_seconds * model.sampling_rate)
-    buckets = LengthBuckets(model.pad_multiple, samples, PENDING_BATCHES * samples, sorted_input=sort)
+    buckets = worker_buckets(model, batch_seconds, sort)
     items = (load_item(str(root), f, f, model.sampling_rate, 48000) for f in files)
     return [b for it in items for b in buckets.add(it)] + buckets.flush()
 
@@ -120,8 +125,7 @@ def planned_fill(num_files: int, sigma: float, model, batch_seconds: float, sort
     lengths = [int(s * model.sampling_rate) for s in seconds]
     if sort:
         lengths = sorted(lengths)
-    samples = int(batch_seconds * model.sampling_rate)
-    buckets = LengthBuckets(model.pad_multiple, samples, PENDING_BATCHES * samples, sorted_input=sort)
+    buckets = worker_buckets(model, batch_seconds, sort)
     items = (SimpleNamespace(audio=SimpleNamespace(shape=(n,))) for n in lengths)
     batches = [b for it in items for b in buckets.add(it)] + buckets.flush()
     return float(np.mean([buckets.fill(b) for b in batches])), len(batches)

@@ -253,11 +253,10 @@ def main() -> None:
     for c in lites:
         print(f"{'SNAC48 lite-' + str(c) + ' / stock 24k decode:':41s}"
               f"{med[f'SNAC48 lite-{c} decode'] / med['stock 24k decode']:.3f}")
+    first_lite = {f"SNAC48 lite-{c}": m for c, m in list(lites.items())[:1]}
     if args.train_snake:
-        first_lite = {f"SNAC48 lite-{c}": m for c, m in list(lites.items())[:1]}
         train_snake_table({"stock 24k": ours, "SNAC48 full": m48, **first_lite}, codes, dev, args.repeats)
     if args.modes:
-        first_lite = {f"SNAC48 lite-{c}": m for c, m in list(lites.items())[:1]}
         mode_table({"stock 24k": folded, "SNAC48 full": m48_folded,
                     **{k: fold_weight_norm(m) for k, m in first_lite.items()}}, codes, dev, args.repeats)
 

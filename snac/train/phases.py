@@ -65,27 +65,34 @@ def fast_parameters(model: nn.Module, cfg: TrainConfig) -> list[nn.Parameter]:
     magnitude; Adam's step is about lr whatever the gradient, so at the head's lr it stayed far too
     small in a fine-tuning budget (README, heads)."""
     out = getattr(getattr(model, "head", None), "branch_out", None)
-    if not isinstance(model, SNAC48) or out is None or cfg.branch_lr_scale == 1:
-        return []
-    return list(out.parameters())
+    return [] if out is None or cfg.branch_lr_scale == 1 else list(out.parameters())
+
+
+def set_group_lrs(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Each group's ``lr_scale``, lr and weight decay from the flags: the head's groups at
+    --warmup_learning_rate, the decoder at --learning_rate, times the scale (--branch_lr_scale for
+    branch_out, else 1). The one-cycle schedule later scales its curve by the same ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = cfg.weight_decay
+        group["lr_scale"] = cfg.branch_lr_scale if group["name"] == "branch_out" else 1.0
+        group["lr"] = group["lr_scale"] * (cfg.learning_rate if group["name"] == "decoder" else cfg.warmup_learning_rate)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """One AdamW with groups head, [branch_out], decoder: the head's moments survive the phase switch.
 
     Every group follows the same lr (the warmup's constant, then the one-cycle curve) times its
-    ``lr_scale`` (1 but for branch_out). Params without a gradient (the decoder during warmup) are
+    ``lr_scale`` (:func:`set_group_lrs`). Params without a gradient (the decoder during warmup) are
     skipped by AdamW."""
     groups = parameter_groups(model)
     fast = fast_parameters(model, cfg)
     fast_ids = {id(p) for p in fast}
-    specs = [{"params": [p for p in groups["head"] if id(p) not in fast_ids], "name": "head", "lr_scale": 1.0}]
-    if fast:
-        specs.append({"params": fast, "name": "branch_out", "lr_scale": cfg.branch_lr_scale})
-    specs.append({"params": groups["decoder"], "name": "decoder", "lr_scale": 1.0})
-    for spec in specs:
-        spec["lr"] = spec["lr_scale"] * (cfg.learning_rate if spec["name"] == "decoder" else cfg.warmup_learning_rate)
-    return torch.optim.AdamW(specs, weight_decay=cfg.weight_decay)
+    specs = [{"params": [p for p in groups["head"] if id(p) not in fast_ids], "name": "head"},
+             *([{"params": fast, "name": "branch_out"}] if fast else []),
+             {"params": groups["decoder"], "name": "decoder"}]
+    optimizer = torch.optim.AdamW(specs)
+    set_group_lrs(optimizer, cfg)
+    return optimizer
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> OneCycleSchedule:
@@ -110,11 +117,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, resume: dict, cfg: Train
                 f"resume with --branch_lr_scale {resume.get('config', {}).get('branch_lr_scale', '> 1')}")
         raise ValueError(f"the checkpoint's optimizer has param groups {saved}, this run's {names}: {hint}")
     optimizer.load_state_dict(resume["optimizer"])
-    scales = {"branch_out": cfg.branch_lr_scale}
-    for group in optimizer.param_groups:  # the saved groups carry the old flags' values
-        group["weight_decay"] = cfg.weight_decay
-        group["lr_scale"] = scales.get(group["name"], 1.0)
-        group["lr"] = group["lr_scale"] * (cfg.learning_rate if group["name"] == "decoder" else cfg.warmup_learning_rate)
+    set_group_lrs(optimizer, cfg)  # the saved groups carry the old flags' values
     if resume["phase"] != "unfreeze":
         return None
     remaining = 0
