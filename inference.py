@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from snac import SNAC
 from snac.audio import AUDIO_EXTENSIONS, audio_info, iter_resampled_blocks
-from snac.compiling import BACKEND_HELP, BACKENDS, CompileCounter, compile_method_
+from snac.compiling import BACKEND_HELP, BACKENDS, TF32_HELP, CompileCounter, compile_method_, conv_precision
 from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_blocks, iter_decode,
                         load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
 from snac.layers import fold_weight_norm
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="decoder arithmetic (autocast; files are written from float32 either way). The encoder "
                         "stays fp32: bf16 flips ~2%% of the finest codes (default: fp32)")
+    p.add_argument("--tf32", action="store_true",
+                   help="the encoder and an fp32 decoder: " + TF32_HELP)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoder and the encoder (the first file and the last chunk of a new "
                         "length pay the compile; every graph compiled is printed and counted)")
@@ -175,38 +177,39 @@ def _main(argv: list[str] | None) -> int:
 
     failures, seconds = [], 0.0
     start = time.time()
-    for path, out in tqdm(jobs, desc="decoding", unit="file", disable=len(jobs) == 1):
-        try:
-            if args.from_codes:
-                codes, meta = load_codes(path)
-                if "model_config" in meta and not same_codec(meta["model_config"], codec):
-                    raise ValueError(f"codes were made by another codec "
-                                     f"({config_difference(meta['model_config'], codec)})")
-                src_rate, src_len = meta["source_sample_rate"], meta["source_num_samples"]
-            else:
-                info = audio_info(path)
-                src_rate, src_len = info.sample_rate, info.frames
-                # read, downmix and resample block by block: host memory flat in the file's length
-                blocks = iter_resampled_blocks(path, codec_rate, chunk or READ_BLOCK_SECONDS, mono=True)
-                codes = encode_blocks(encoder, blocks, chunk, device=device)
-            length = math.ceil(src_len * out_rate / src_rate)  # output trimmed to the input's duration
-            write_stream(out, iter_decode(model, codes, chunk, device=device, seed=args.seed,
-                                          precision=args.precision), out_rate, length, args.subtype)
-            if args.save_codes:
-                save_codes(out.with_name(output_stem(out) + CODES_SUFFIX), codes,
-                           {"model_config": codec, "source_sample_rate": src_rate,
-                            "source_num_samples": src_len, "source": str(path)})
-            if args.compare:  # same per-chunk seeds: the shared trunk draws the same noise
-                stock_len = math.ceil(src_len * base.sampling_rate / src_rate)
-                stock_out = out.with_name(f"{output_stem(out)}.stock_{base.sampling_rate // 1000}khz.wav")
-                write_stream(stock_out, iter_decode(base, codes, chunk, device=device, seed=args.seed,
-                                                    precision=args.precision), base.sampling_rate, stock_len,
-                             args.subtype)
-            seconds += src_len / src_rate
-        except Exception as e:  # one bad file must not stop a folder run; say which and why
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            failures.append(f"{path}: {msg}")
-            tqdm.write(f"failed: {path}: {msg}", file=sys.stderr)
+    with conv_precision(args.tf32):  # IEEE float32 convolutions on a GPU unless --tf32
+        for path, out in tqdm(jobs, desc="decoding", unit="file", disable=len(jobs) == 1):
+            try:
+                if args.from_codes:
+                    codes, meta = load_codes(path)
+                    if "model_config" in meta and not same_codec(meta["model_config"], codec):
+                        raise ValueError(f"codes were made by another codec "
+                                         f"({config_difference(meta['model_config'], codec)})")
+                    src_rate, src_len = meta["source_sample_rate"], meta["source_num_samples"]
+                else:
+                    info = audio_info(path)
+                    src_rate, src_len = info.sample_rate, info.frames
+                    # read, downmix and resample block by block: host memory flat in the file's length
+                    blocks = iter_resampled_blocks(path, codec_rate, chunk or READ_BLOCK_SECONDS, mono=True)
+                    codes = encode_blocks(encoder, blocks, chunk, device=device)
+                length = math.ceil(src_len * out_rate / src_rate)  # output trimmed to the input's duration
+                write_stream(out, iter_decode(model, codes, chunk, device=device, seed=args.seed,
+                                              precision=args.precision), out_rate, length, args.subtype)
+                if args.save_codes:
+                    save_codes(out.with_name(output_stem(out) + CODES_SUFFIX), codes,
+                               {"model_config": codec, "source_sample_rate": src_rate,
+                                "source_num_samples": src_len, "source": str(path)})
+                if args.compare:  # same per-chunk seeds: the shared trunk draws the same noise
+                    stock_len = math.ceil(src_len * base.sampling_rate / src_rate)
+                    stock_out = out.with_name(f"{output_stem(out)}.stock_{base.sampling_rate // 1000}khz.wav")
+                    write_stream(stock_out, iter_decode(base, codes, chunk, device=device, seed=args.seed,
+                                                        precision=args.precision), base.sampling_rate, stock_len,
+                                 args.subtype)
+                seconds += src_len / src_rate
+            except Exception as e:  # one bad file must not stop a folder run; say which and why
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                failures.append(f"{path}: {msg}")
+                tqdm.write(f"failed: {path}: {msg}", file=sys.stderr)
     elapsed = time.time() - start
     done = len(jobs) - len(failures)
     print(f"decoded {done}/{len(jobs)} file(s), {seconds:.1f} s of audio in {elapsed:.1f} s "

@@ -4,6 +4,9 @@
     uv run python scripts/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda] [--lite_channels 16,32]
     uv run python scripts/bench_model.py --modes   # + eager/compiled x fp32/bf16 decodes, ratios to stock eager fp32
     uv run python scripts/bench_model.py --train_snake   # + a training decode's Snake: recomputing vs plain autograd
+    uv run python scripts/bench_model.py --code_flips [--flips_audio SPEECH_DIR] [--flips_model DIR|HUB_ID]
+        # only this: the codes a reduced-precision (TF32 on a GPU, bf16, fp16) or batched encode
+        # changes against IEEE float32 alone
 
 Prints a table of median times and ratios measured in this one process (timings interleaved so
 that machine noise hits both sides alike). The reference wheel is fetched like the parity tests do.
@@ -12,6 +15,7 @@ that machine noise hits both sides alike). The reference wheel is fetched like t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -175,6 +179,106 @@ def train_snake_table(models: dict, codes, dev: str, repeats: int) -> None:
         model.eval().requires_grad_(True)  # as they were built
 
 
+def synthetic_speech(n: int, seconds: float, rate: int) -> list[torch.Tensor]:
+    """Seeded stand-ins for speech (a gliding harmonic series under a syllable envelope, plus
+    noise): the shapes and level of speech, not its statistics. Real files (--flips_audio) say more."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(int(seconds * rate)) / rate
+    out = []
+    for _ in range(n):
+        f0 = 90 + 160 * torch.rand(1, generator=g) + 30 * torch.sin(2 * torch.pi * 0.7 * t)
+        phase = 2 * torch.pi * torch.cumsum(f0, 0) / rate
+        voiced = sum(torch.sin(k * phase) / k for k in range(1, 30))
+        envelope = torch.sin(torch.pi * 4 * t).abs()
+        out.append(0.1 * envelope * voiced + 0.01 * torch.randn(len(t), generator=g))
+    return out
+
+
+def tf32_round(x: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to nearest (ties to even) at TF32's 10 mantissa bits; NaN and Inf not handled."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0xFFF + ((bits >> 13) & 1)) & ~0x1FFF).view(torch.float32)
+
+
+@contextlib.contextmanager
+def emulated_tf32():
+    """Every F.conv1d inside gets its input and weight rounded to TF32 and accumulates in float32,
+    as a GPU's TF32 convolution does: an estimate of TF32's effect on any device."""
+    import torch.nn.functional as F
+
+    real = F.conv1d
+
+    def conv1d(x, weight, *a, **k):
+        return real(tf32_round(x), tf32_round(weight), *a, **k)
+
+    F.conv1d = conv1d
+    try:
+        yield
+    finally:
+        F.conv1d = real
+
+
+def code_flips(args) -> None:
+    """Codes that change against an IEEE float32 encode of each file alone: under TF32 (cuDNN's,
+    CUDA only; and emulated by rounding, any device), bf16 and fp16 autocast, and for files
+    encoded together in one batch at float32. Prints
+    the share of changed codes per codebook (coarse first) and each mode's encode time over the
+    float32 one."""
+    from snac.audio import AUDIO_EXTENSIONS, load_audio, resample
+    from snac.compiling import conv_precision
+
+    dev = args.device
+    model = SNAC.from_pretrained(args.flips_model).eval().requires_grad_(False).to(dev)
+    rate, mult = model.sampling_rate, model.pad_multiple
+    if args.flips_audio:
+        paths = sorted(p for p in Path(args.flips_audio).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if not paths:
+            raise SystemExit(f"error: no audio files under {args.flips_audio} (--flips_audio wants a folder of "
+                             f"{', '.join(sorted(AUDIO_EXTENSIONS))})")
+        signals = []
+        for path in paths[:args.flips_files]:
+            x, sr = load_audio(path, mono=True)
+            signals.append(torch.as_tensor(resample(x, sr, rate), dtype=torch.float32).reshape(-1))
+        source = f"{len(signals)} files of {args.flips_audio}"
+    else:
+        signals = synthetic_speech(args.flips_files, 2.0, rate)
+        source = f"{len(signals)} synthetic 2 s signals (pass --flips_audio DIR for real speech)"
+
+    def encode(x: torch.Tensor, dtype=None, tf32: bool = False, emulate: bool = False) -> list[torch.Tensor]:
+        with torch.inference_mode(), conv_precision(tf32), emulated_tf32() if emulate else contextlib.nullcontext(), \
+                torch.autocast(dev, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return [c.cpu() for c in model.encode(x.to(dev))]
+
+    modes = {"fp32": {}, **({"tf32": {"tf32": True}} if dev == "cuda" else {}), "tf32 emulated": {"emulate": True},
+             "bf16": {"dtype": torch.bfloat16}, "fp16": {"dtype": torch.float16}}
+    codes, seconds = {}, {}
+    for name, kw in modes.items():
+        encode(signals[0].reshape(1, 1, -1), **kw)  # warm-up
+        seconds[name] = sum(timed(lambda x=x: codes.setdefault(name, []).append(encode(x.reshape(1, 1, -1), **kw)),
+                                  dev) for x in signals)
+    # a batch: the files of at least the median padded length, cut to it (equal lengths, no padding)
+    length = sorted(len(x) for x in signals)[len(signals) // 2] // mult * mult
+    together = [x[:length] for x in signals if len(x) >= length][:args.flips_batch]
+    batched = encode(torch.stack(together).unsqueeze(1))
+    alone = [encode(x.reshape(1, 1, -1)) for x in together]
+
+    def changed(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> list[float]:
+        return [100 * sum(int((x[i] != y[i]).sum()) for x, y in zip(a, b)) / sum(x[i].numel() for x in a)
+                for i in range(len(a[0]))]
+
+    name = torch.cuda.get_device_name() if dev == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"code flips: {args.flips_model} on {name}; {source}; each file encoded alone")
+    print(f"{'mode':32s} {'% codes changed, coarse first':>30s}  {'encode time / fp32':>18s}")
+    for mode in modes:
+        if mode != "fp32":
+            shares = " ".join(f"{v:6.3f}" for v in changed(codes["fp32"], codes[mode]))
+            ratio = "-" if "emulated" in mode else f"{seconds[mode] / seconds['fp32']:.2f}"  # the rounding's cost
+            print(f"{mode + ' vs IEEE fp32':32s} {shares:>30s}  {ratio:>18s}")
+    per_item = [[c[b:b + 1] for c in batched] for b in range(len(together))]
+    shares = " ".join(f"{v:6.3f}" for v in changed(alone, per_item))
+    print(f"{f'batch of {len(together)} x {length / rate:.2f} s vs alone':32s} {shares:>30s}  (both IEEE fp32)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="audio length per call")
@@ -190,9 +294,20 @@ def main() -> None:
                          "(compiling takes minutes on a CPU)")
     ap.add_argument("--train_snake", action="store_true",
                     help="also time a training decode with the recomputing Snake against plain autograd")
+    ap.add_argument("--code_flips", action="store_true",
+                    help="only measure the codes a TF32 / bf16 / fp16 or batched encode changes against IEEE fp32")
+    ap.add_argument("--flips_model", default=str(Path(__file__).resolve().parents[1] / "models" / "klettres_24khz"),
+                    help="--code_flips: the SNAC (local dir or hub id) whose encoder is measured (default: the "
+                         "shipped base)")
+    ap.add_argument("--flips_audio", default=None, help="--code_flips: a folder of speech (default: synthetic)")
+    ap.add_argument("--flips_files", type=int, default=40, help="--code_flips: files used (sorted by path)")
+    ap.add_argument("--flips_batch", type=int, default=16, help="--code_flips: files encoded in one batch")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.code_flips:
+        code_flips(args)
+        return
     from _common import import_reference  # scripts/ is on sys.path (this script's folder)
 
     ref_mod = import_reference()

@@ -1,4 +1,5 @@
-"""torch.compile in the real scripts (trainer, inference, code cache), with its graphs counted.
+"""torch.compile in the real scripts (trainer, inference, code cache), with its graphs counted, and
+the float32 convolution setting they share (``conv_precision``).
 
 Every compiled function goes through a :class:`CompileCounter`: a torch.compile backend that
 hands each graph to the real backend (inductor unless told) and reports it, so a log shows how
@@ -10,11 +11,34 @@ one, then dynamic lengths, dynamic batch size, and the 1-frame case torch always
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 BACKENDS = ("inductor", "aot_eager", "eager")  # aot_eager / eager: dynamo's guards and graphs, no codegen
 BACKEND_HELP = ("backend of --compile: inductor, or aot_eager / eager (dynamo's graphs without code generation, "
                 "to debug recompiles)")
+
+
+TF32_HELP = ("let cuDNN run float32 convolutions in TF32 (torch's default: faster on Ampere and later "
+             "GPUs, but inputs rounded to 10 mantissa bits, which flips codes at near-ties; "
+             "scripts/bench_model.py --code_flips measures it); default: IEEE float32. No effect on a CPU")
+
+
+@contextlib.contextmanager
+def conv_precision(tf32: bool) -> Iterator[None]:
+    """Inside, cuDNN's float32 convolutions may use TF32 (``tf32``) or run in IEEE float32.
+
+    torch lets them use TF32 by default, so an "fp32" encode on a GPU would not be float32; the
+    scripts that make codes (the cache, inference) run in IEEE float32 unless told. The setting is
+    process-wide while inside, and restored on the way out."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def check_backend(backend: str) -> str:

@@ -272,13 +272,14 @@ def test_sorted_order_caches_the_same_rows_as_list_order(corpus, tmp_path, capsy
     """Shortest-first caching changes only the order rows are written in: the rows (codes and
     all), and the reader's path-ordered view of them, equal a list-order run's."""
     runs = {}
-    for order, flags in (("sorted", []), ("list", ["--no-sort_by_length"])):
+    for order, flags in (("sorted", []), ("list", ["--no-sort_by_length", "--tf32"])):
         cache = tmp_path / order
         assert run_cli("--input_dir", corpus["audio"], "--output_dir", cache, "--pretrained_model",
                        corpus["model_dir"], "--devices", "cpu", "--shard_rows", 100, "--batch_seconds", 2, *flags) == 0
         _assert_complete(cache, corpus["files"])
         m = json.loads((cache / "manifest.json").read_text())["last_run"]
         assert m["sort_by_length"] == (order == "sorted") and 0 < m["mean_batch_fill"] <= 1 and m["batches"] > 1
+        assert m["tf32"] == [order == "list"]  # what the worker's encoder ran with (no effect on a CPU)
         assert "encoder batches, mean fill" in capsys.readouterr().out
         runs[order] = (shard_table(cache).to_pylist(), CodeCache(cache, TINY_CONFIG))
     (sorted_rows, sorted_cache), (list_rows, list_cache) = runs["sorted"], runs["list"]
@@ -409,3 +410,25 @@ def test_background_writer_lets_the_caller_go_on_and_raises_a_failed_write(tmp_p
     with pytest.raises(RuntimeError, match="No space left"):
         w.add(*_row(5))
     assert [name for name, _ in done] == w.written and len(done) == 2
+
+
+def test_encoder_runs_in_ieee_fp32_unless_tf32_is_asked_for():
+    """torch lets cuDNN run float32 convolutions in TF32 by default; the cache's encoder turns that
+    off around each batch (--tf32 turns it back on) and leaves the process's setting as it was."""
+    model = SNAC(**TINY_CONFIG).eval()
+    seen = []
+
+    class Recording:
+        def encode(self, x):
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return model.encode(x)
+
+    items = [LoadedItem("f", "f", 0.1 * torch.randn(4096), 4096 / 24000, 8192, 24000, 1, None)]
+    before = torch.backends.cudnn.allow_tf32
+    for tf32 in (False, True):
+        torch.backends.cudnn.allow_tf32 = not tf32  # the opposite of what the encoder must see
+        BatchEncoder(Recording(), "cpu", model.pad_multiple, TINY_CONFIG["codebook_size"], tf32=tf32).encode(items)
+        assert seen[-1] is tf32 and torch.backends.cudnn.allow_tf32 is (not tf32)
+    torch.backends.cudnn.allow_tf32 = before
+    assert cli.build_parser().parse_args(["--output_dir", "x", "--tf32"]).tf32 is True
+    assert cli.build_parser().parse_args(["--output_dir", "x"]).tf32 is False

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ..compiling import BACKEND_HELP, check_backend
+from ..compiling import BACKEND_HELP, TF32_HELP, check_backend
 from ..presets import DEFAULT_BASE
 
 
@@ -37,6 +37,7 @@ class CacheConfig:
     compile: bool = _opt(False, "torch.compile each worker's encoder (graphs counted in the summary; codes equal "
                                 "eager's except at float near-ties)")
     compile_backend: str = _opt("inductor", BACKEND_HELP)
+    tf32: bool = _opt(False, "the encoder: " + TF32_HELP)
     limit: int | None = _opt(None, "cache only the first N files (sorted by path); a later run without it "
                                    "finishes the rest")
     embed_audio: bool = _opt(False, "store the target-rate mono audio as FLAC bytes in each row")

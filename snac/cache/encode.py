@@ -239,12 +239,15 @@ class BatchEncoder:
     ``cpu_model_loader`` (optional, e.g. loading the weights from disk) makes the CPU model of the
     fallback; without it the model is copied to the host with :func:`host_copy`. Raises
     :class:`FileTooLarge` for a single item that runs out of memory on the CPU; any other error
-    (device, model) propagates.
+    (device, model) propagates. ``tf32``: let cuDNN's float32 convolutions use TF32 (default:
+    IEEE float32, see :func:`snac.compiling.conv_precision`).
     """
 
-    def __init__(self, model, device: str, pad_multiple: int, codebook_size: int, cpu_model_loader=None):
+    def __init__(self, model, device: str, pad_multiple: int, codebook_size: int, cpu_model_loader=None,
+                 tf32: bool = False):
         self.model = model
         self.device = device
+        self.tf32 = tf32
         self.pad_multiple = pad_multiple
         self.dtype = code_dtype(codebook_size)
         self.oom_retries = 0
@@ -254,8 +257,10 @@ class BatchEncoder:
     def _run(self, model, x, device: str) -> list:
         import torch
 
+        from ..compiling import conv_precision
+
         torch_dtype = torch.int16 if self.dtype == np.int16 else torch.int32
-        with torch.inference_mode():
+        with torch.inference_mode(), conv_precision(self.tf32):
             codes = model.encode(x.to(device, non_blocking=True))
             return [c.to(torch_dtype).cpu().numpy() for c in codes]  # per codebook (B, T_j)
 

@@ -52,6 +52,7 @@ class WorkerSpec:
     io_threads: int
     sort_by_length: bool = True            # read the headers first, cache shortest first (fuller batches)
     compile_backend: str | None = None     # torch.compile the encoder with this backend (None: eager)
+    tf32: bool = False                     # cuDNN's float32 convolutions in TF32 (default: IEEE float32)
     crash_after_shards: int | None = None  # test hook: hard exit after writing this many shards
 
 
@@ -123,7 +124,7 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
 
     # shards are written by a thread while this one encodes: the device does not wait on the disk
     writer = ShardWriter(out, spec.worker_index, schema, spec.shard_rows, background=True, on_written=written)
-    encoder = BatchEncoder(model, spec.device, s["pad_multiple"], s["codebook_size"], cpu_loader)
+    encoder = BatchEncoder(model, spec.device, s["pad_multiple"], s["codebook_size"], cpu_loader, spec.tf32)
     batch_samples = int(spec.batch_seconds * s["model_sample_rate"])
     # Speech spans ~100 padded lengths; holding up to 16 batches of audio (~90 MB at 60 s, 24 kHz)
     # lets buckets fill before the fullest is sent early.
@@ -232,6 +233,7 @@ def run_worker(spec: WorkerSpec, events=None, model=None) -> dict:
     send(force=True)
     stats["elapsed"] = time.monotonic() - started
     stats["oom_retries"] = encoder.oom_retries
+    stats["tf32"] = encoder.tf32
     if compiler is not None:
         stats["compiled_graphs"] = compiler.graphs
     stats["shards"] = len(writer.written)
@@ -486,6 +488,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             torch_threads=local_cpus,
             io_threads=cfg.io_threads or default_io_threads(local_cpus, device), sort_by_length=cfg.sort_by_length,
             compile_backend=cfg.compile_backend if cfg.compile else None,
+            tf32=cfg.tf32,
             crash_after_shards=crash_after_shards if g == 0 else None))
     todo = sum(len(s.items) for s in specs)
     mine_total = sum(len(partition(items, s.worker_index, num_workers)) for s in specs)
@@ -494,6 +497,9 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
         f"[{', '.join(slots)}]" + (f" of {num_workers} in all (rank {rank}/{world})" if distributed else ""))
     say(f"model {model_id}: {settings['model_sample_rate']} Hz, hop {settings['hop_length']}, strides "
         f"{settings['vq_strides']}; target {cfg.target_sample_rate} Hz; output {out}")
+    if any(d.startswith("cuda") for d in slots):
+        say("the encoder's convolutions run in " + (
+            "TF32 (--tf32)" if cfg.tf32 else "IEEE float32 (--tf32 lets cuDNN use TF32: faster, some codes flip)"))
     if cfg.sort_by_length and todo:
         say("each worker reads its files' headers first, then caches them shortest first (fuller batches; "
             "--no-sort_by_length keeps list order)")
@@ -585,7 +591,9 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
                          "audio_seconds_per_second": round(encoded_seconds / elapsed, 2) if elapsed > 0 else None,
                          "oom_retries": sum(r.get("oom_retries", 0) for r in results.values()),
                          "batches": batches, "mean_batch_fill": None if batch_fill is None else round(batch_fill, 4),
-                         "sort_by_length": cfg.sort_by_length, "compiled_graphs": graphs}})
+                         "sort_by_length": cfg.sort_by_length, "compiled_graphs": graphs,
+                         # as the workers ran (their encoders' setting)
+                         "tf32": sorted({r["tf32"] for r in results.values() if "tf32" in r}) or None}})
         if manifest["complete"] and manifest["rows"]:
             build_index(out)
         rej = manifest["rejected"]

@@ -1,0 +1,46 @@
+"""scripts/bench_model.py --code_flips: its TF32 emulation rounds as TF32 does, and the table runs."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from helpers_cache import REPO, load_script
+
+bench = load_script("scripts/bench_model.py")
+
+
+def test_tf32_round_keeps_ten_mantissa_bits_rounding_to_nearest_even():
+    one = 1.0
+    cases = {one: one, one + 2 ** -10: one + 2 ** -10,            # representable: unchanged
+             one + 2 ** -12: one, one + 3 * 2 ** -12: one + 2 ** -10,  # below / above half a step
+             one + 2 ** -11: one,                                  # a tie: to the even neighbour
+             one + 2 ** -10 + 2 ** -11: one + 2 ** -9, -2.5 - 2 ** -12: -2.5}
+    x = torch.tensor(list(cases), dtype=torch.float32)
+    assert bench.tf32_round(x).tolist() == list(cases.values())
+    y = torch.randn(10000, generator=torch.Generator().manual_seed(0))
+    assert ((bench.tf32_round(y) - y).abs() <= y.abs() * 2 ** -11).all()
+
+
+def test_emulated_tf32_rounds_every_conv1d_and_restores_it():
+    real = F.conv1d
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 4, 64, generator=g), torch.randn(3, 4, 5, generator=g)
+    with bench.emulated_tf32():
+        y = F.conv1d(x, w)
+    assert F.conv1d is real
+    assert torch.allclose(y, real(bench.tf32_round(x), bench.tf32_round(w)), rtol=0, atol=0)
+    assert not torch.equal(y, real(x, w))
+
+
+def test_code_flips_prints_every_mode(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--code_flips", "--device", "cpu", "--flips_files", "3",
+                                      "--flips_model", str(REPO / "models" / "klettres_24khz")])
+    bench.main()
+    out = capsys.readouterr().out
+    for mode in ("tf32 emulated vs IEEE fp32", "bf16 vs IEEE fp32", "fp16 vs IEEE fp32"):
+        assert mode in out
+    batch = next(line for line in out.splitlines() if line.startswith("batch of 3"))
+    assert batch.split("alone")[1].split()[:3] == ["0.000"] * 3  # on a CPU, batched codes equal each file's own
