@@ -44,3 +44,19 @@ def test_code_flips_prints_every_mode(monkeypatch, capsys):
         assert mode in out
     batch = next(line for line in out.splitlines() if line.startswith("batch of 3"))
     assert batch.split("alone")[1].split()[:3] == ["0.000"] * 3  # on a CPU, batched codes equal each file's own
+
+
+def test_gpu_check_runs_its_steps_and_refuses_unknown_ones(tmp_path):
+    """scripts/gpu_check.sh: a step's output lands in its log with its exit status; a step it does
+    not know stops it with the list of steps (the GPU steps themselves run only on a GPU)."""
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out"), "env"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "== env" in done.stdout and "exit 0" in done.stdout
+    assert torch.__version__ in (tmp_path / "out" / "env.log").read_text()
+    bad = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out"), "bogus"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "unknown step bogus" in bad.stdout
