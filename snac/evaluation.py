@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 
 from .audio import AUDIO_EXTENSIONS, load_audio, resample
+from .compiling import conv_precision
 from .infer import decode_codes, encode_audio
 from .metrics import all_metrics, band_share_db, mel_distance
 
@@ -87,6 +88,7 @@ def read_reference(path: Path, max_seconds: float | None) -> tuple[np.ndarray, i
     return (audio[:int(max_seconds * rate)] if max_seconds else audio), rate
 
 
+@conv_precision(tf32=False)  # IEEE float32 on a GPU: the cache's codes, figures that do not depend on the card
 def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, systems: dict[str, torch.nn.Module], *,
                      rate: int, band_hz: tuple[float, float], silence_db: float | None = None,
                      min_band_db: float | None = None,
@@ -166,6 +168,7 @@ def shuffle_codes(codes: list[torch.Tensor], vq_strides: list[int], generator: t
 
 
 @torch.no_grad()
+@conv_precision(tf32=False)
 def codes_information(base: torch.nn.Module, files: list[Path], *, silence_db: float | None = None,
                       max_seconds: float | None = None, chunk_seconds: float | None = 30.0, seed: int = 0,
                       device: torch.device | str = "cpu") -> dict[str, float | None]:
