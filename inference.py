@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "0 = whole file in one piece")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="decoder arithmetic (autocast; files are written from float32 either way). The encoder "
-                        "stays fp32: bf16 flips ~2%% of the finest codes (default: fp32)")
+                        "stays fp32: bf16 changed 52-65%% of the shipped base's codes (bench_model.py --code_flips; default: fp32)")
     p.add_argument("--tf32", action="store_true",
                    help="the encoder and an fp32 decoder: " + TF32_HELP)
     p.add_argument("--compile", action="store_true",

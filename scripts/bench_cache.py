@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from snac import SNAC  # noqa: E402
 from snac.cache.config import default_io_threads  # noqa: E402
+from snac.compiling import conv_precision  # noqa: E402
 from snac.cache.encode import (PENDING_BATCHES, LengthBuckets, header_seconds, load_item,  # noqa: E402
                                sort_by_length, stack_padded)
 from snac.cache.format import model_settings  # noqa: E402
@@ -90,10 +91,11 @@ def sync(device: str) -> None:
 
 
 def encoder_alone(model, batches: list[torch.Tensor], device: str) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) to encode every preloaded batch (inputs on the device)."""
+    """(wall seconds, process CPU seconds) to encode every preloaded batch (inputs on the device),
+    in IEEE float32 as the worker encodes (its default, no --tf32)."""
     sync(device)
     t, c = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
+    with torch.inference_mode(), conv_precision(tf32=False):
         for x in batches:
             model.encode(x)
     sync(device)

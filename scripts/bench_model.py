@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -202,8 +203,10 @@ def tf32_round(x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def emulated_tf32():
-    """Every F.conv1d inside gets its input and weight rounded to TF32 and accumulates in float32,
-    as a GPU's TF32 convolution does: an estimate of TF32's effect on any device."""
+    """Every F.conv1d inside gets its input and weight rounded to TF32 (to nearest even) and
+    accumulates in float32: an estimate of a GPU's TF32 convolutions on any device. Not their
+    exact arithmetic: cuDNN may keep some convolutions (e.g. depthwise) off the tensor cores, and
+    the hardware's rounding of ties may differ."""
     import torch.nn.functional as F
 
     real = F.conv1d
@@ -228,7 +231,13 @@ def code_flips(args) -> None:
     from snac.compiling import conv_precision
 
     dev = args.device
-    model = SNAC.from_pretrained(args.flips_model).eval().requires_grad_(False).to(dev)
+    kind = torch.device(dev).type  # "cuda" for cuda:N too
+    if args.flips_model == "random":  # the published layout at random weights (seed 0)
+        torch.manual_seed(0)
+        model = SNAC(**SNAC_24KHZ)
+    else:
+        model = SNAC.from_pretrained(args.flips_model)
+    model = model.eval().requires_grad_(False).to(dev)
     rate, mult = model.sampling_rate, model.pad_multiple
     if args.flips_audio:
         paths = sorted(p for p in Path(args.flips_audio).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
@@ -246,16 +255,16 @@ def code_flips(args) -> None:
 
     def encode(x: torch.Tensor, dtype=None, tf32: bool = False, emulate: bool = False) -> list[torch.Tensor]:
         with torch.inference_mode(), conv_precision(tf32), emulated_tf32() if emulate else contextlib.nullcontext(), \
-                torch.autocast(dev, dtype=dtype or torch.float32, enabled=dtype is not None):
+                torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
             return [c.cpu() for c in model.encode(x.to(dev))]
 
-    modes = {"fp32": {}, **({"tf32": {"tf32": True}} if dev == "cuda" else {}), "tf32 emulated": {"emulate": True},
+    modes = {"fp32": {}, **({"tf32": {"tf32": True}} if kind == "cuda" else {}), "tf32 emulated": {"emulate": True},
              "bf16": {"dtype": torch.bfloat16}, "fp16": {"dtype": torch.float16}}
     codes, seconds = {}, {}
     for name, kw in modes.items():
         encode(signals[0].reshape(1, 1, -1), **kw)  # warm-up
         seconds[name] = sum(timed(lambda x=x: codes.setdefault(name, []).append(encode(x.reshape(1, 1, -1), **kw)),
-                                  dev) for x in signals)
+                                  kind) for x in signals)
     # a batch: the files of at least the median padded length, cut to it (equal lengths, no padding)
     length = sorted(len(x) for x in signals)[len(signals) // 2] // mult * mult
     together = [x[:length] for x in signals if len(x) >= length][:args.flips_batch]
@@ -266,7 +275,7 @@ def code_flips(args) -> None:
         return [100 * sum(int((x[i] != y[i]).sum()) for x, y in zip(a, b)) / sum(x[i].numel() for x in a)
                 for i in range(len(a[0]))]
 
-    name = torch.cuda.get_device_name() if dev == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(dev) if kind == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"code flips: {args.flips_model} on {name}; {source}; each file encoded alone")
     print(f"{'mode':32s} {'% codes changed, coarse first':>30s}  {'encode time / fp32':>18s}")
     for mode in modes:
@@ -297,24 +306,30 @@ def main() -> None:
     ap.add_argument("--code_flips", action="store_true",
                     help="only measure the codes a TF32 / bf16 / fp16 or batched encode changes against IEEE fp32")
     ap.add_argument("--flips_model", default=str(Path(__file__).resolve().parents[1] / "models" / "klettres_24khz"),
-                    help="--code_flips: the SNAC (local dir or hub id) whose encoder is measured (default: the "
-                         "shipped base)")
+                    help="--code_flips: the SNAC (local dir or hub id; 'random': the snac_24khz layout at random "
+                         "weights, seed 0) whose encoder is measured (default: the shipped base)")
     ap.add_argument("--flips_audio", default=None, help="--code_flips: a folder of speech (default: synthetic)")
     ap.add_argument("--flips_files", type=int, default=40, help="--code_flips: files used (sorted by path)")
     ap.add_argument("--flips_batch", type=int, default=16, help="--code_flips: files encoded in one batch")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda:"):  # the timing code says "cuda": make cuda:N the current device
+        torch.cuda.set_device(args.device)
+        args.device = "cuda"
     if args.code_flips:
         code_flips(args)
         return
     from _common import import_reference  # scripts/ is on sys.path (this script's folder)
 
-    try:
-        ref_mod = import_reference()
-    except RuntimeError as e:  # offline (a GPU machine without PyPI): time ours alone
-        ref_mod = None
-        print(f"upstream SNAC unavailable, its rows are left out: {str(e)[:200]}")
+    ref_mod = None
+    if os.environ.get("SNAC_SKIP_REFERENCE") == "1":
+        print("SNAC_SKIP_REFERENCE=1: upstream SNAC's rows are left out")
+    else:
+        try:
+            ref_mod = import_reference()
+        except (RuntimeError, OSError) as e:  # offline (a GPU machine without PyPI, no uv): time ours alone
+            print(f"upstream SNAC unavailable, its rows are left out: {str(e)[:200]}")
     dev = args.device
     torch.manual_seed(0)
     ours = SNAC(**SNAC_24KHZ).eval().to(dev)

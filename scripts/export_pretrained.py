@@ -161,7 +161,10 @@ def model_card(ckpt: dict, model, hours: dict, val: dict | None, checkpoint: Pat
               "Or with the training repository's command line:", "",
               "```bash", "uv run python inference.py --checkpoint <this directory> --input in.wav --output out.wav",
               "```", "",
-              "The decoder's noise blocks draw fresh noise on each call: seed torch for repeatable output.", ""]
+              "The decoder's noise blocks draw fresh noise on each call: seed torch for repeatable output.", "",
+              "On a GPU, torch lets cuDNN run float32 convolutions in TF32 by default, which changes some codes of a "
+              "trained encoder. The training repository's code cache encodes in IEEE float32; to get the same codes, "
+              "encode inside `with snac.compiling.conv_precision(tf32=False):` (after `import snac.compiling`).", ""]
     return "\n".join(lines)
 
 

@@ -24,21 +24,47 @@ TF32_HELP = ("let cuDNN run float32 convolutions in TF32 (torch's default: faste
              "scripts/bench_model.py --code_flips measures it); default: IEEE float32. No effect on a CPU")
 
 
+def _conv_flag():
+    """cuDNN's conv precision setting of torch >= 2.9 (``fp32_precision``), else None (older torch)."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return conv if conv is not None and hasattr(conv, "fp32_precision") else None
+
+
+def conv_tf32() -> bool:
+    """Whether cuDNN may run float32 convolutions in TF32 now (the setting, resolved as torch does)."""
+    import torch
+
+    conv = _conv_flag()
+    return conv.fp32_precision == "tf32" if conv is not None else bool(torch.backends.cudnn.allow_tf32)
+
+
 @contextlib.contextmanager
 def conv_precision(tf32: bool) -> Iterator[None]:
     """Inside, cuDNN's float32 convolutions may use TF32 (``tf32``) or run in IEEE float32.
 
     torch lets them use TF32 by default, so an "fp32" encode on a GPU would not be float32; the
-    scripts that make codes (the cache, inference) run in IEEE float32 unless told. The setting is
-    process-wide while inside, and restored on the way out."""
+    scripts that make codes (the cache, inference, the evaluation) run in IEEE float32 unless told.
+    The setting is process-wide while inside, and restored on the way out. It is torch's conv
+    setting (``torch.backends.cudnn.conv.fp32_precision``; ``allow_tf32`` before torch 2.9), so a
+    global ``torch.backends.fp32_precision`` cannot override it and the RNN setting is left alone."""
     import torch
 
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    conv = _conv_flag()
+    if conv is not None:
+        saved = conv.fp32_precision  # as resolved: a value inherited from the global one comes back explicit
+        conv.fp32_precision = "tf32" if tf32 else "ieee"
+    else:
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = saved
+        if conv is not None:
+            conv.fp32_precision = saved
+        else:
+            torch.backends.cudnn.allow_tf32 = saved
 
 
 def check_backend(backend: str) -> str:

@@ -46,17 +46,21 @@ def test_code_flips_prints_every_mode(monkeypatch, capsys):
     assert batch.split("alone")[1].split()[:3] == ["0.000"] * 3  # on a CPU, batched codes equal each file's own
 
 
-def test_gpu_check_runs_its_steps_and_refuses_unknown_ones(tmp_path):
-    """scripts/gpu_check.sh: a step's output lands in its log with its exit status; a step it does
-    not know stops it with the list of steps (the GPU steps themselves run only on a GPU)."""
+def test_gpu_check_fails_without_a_gpu_and_refuses_unknown_steps(tmp_path):
+    """scripts/gpu_check.sh on this CPU machine: the env and tests steps fail (a skipped GPU test
+    must not pass as a GPU check), each step's output is in its log; an unknown step stops it
+    before any step runs. A relative OUT_DIR is taken from the caller's folder."""
     import subprocess
 
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)}
-    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out"), "env"],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "== env" in done.stdout and "exit 0" in done.stdout
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    script = str(REPO / "scripts" / "gpu_check.sh")
+    done = subprocess.run(["bash", script, "out", "env", "tests"], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "== env" in done.stdout and "== tests" in done.stdout and "exit 0" not in done.stdout
     assert torch.__version__ in (tmp_path / "out" / "env.log").read_text()
-    bad = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out"), "bogus"],
-                         capture_output=True, text=True, env=env, timeout=60)
-    assert bad.returncode == 2 and "unknown step bogus" in bad.stdout
+    assert "torch sees no CUDA GPU" in (tmp_path / "out" / "env.log").read_text()
+    assert "SNAC48_REQUIRE_GPU=1 but torch sees no CUDA GPU" in (tmp_path / "out" / "tests.log").read_text()
+    bad = subprocess.run(["bash", script, str(tmp_path / "out2"), "env", "bogus"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert bad.returncode == 2 and "unknown step bogus" in bad.stdout and "== env" not in bad.stdout

@@ -414,21 +414,51 @@ def test_background_writer_lets_the_caller_go_on_and_raises_a_failed_write(tmp_p
 
 def test_encoder_runs_in_ieee_fp32_unless_tf32_is_asked_for():
     """torch lets cuDNN run float32 convolutions in TF32 by default; the cache's encoder turns that
-    off around each batch (--tf32 turns it back on) and leaves the process's setting as it was."""
+    off around each batch (--tf32 turns it back on) and leaves the process's setting as it was,
+    also when torch's global precision says TF32."""
+    from snac.compiling import conv_precision, conv_tf32
+
     model = SNAC(**TINY_CONFIG).eval()
     seen = []
 
     class Recording:
         def encode(self, x):
-            seen.append(torch.backends.cudnn.allow_tf32)
+            seen.append(conv_tf32())
             return model.encode(x)
 
     items = [LoadedItem("f", "f", 0.1 * torch.randn(4096), 4096 / 24000, 8192, 24000, 1, None)]
-    before = torch.backends.cudnn.allow_tf32
     for tf32 in (False, True):
-        torch.backends.cudnn.allow_tf32 = not tf32  # the opposite of what the encoder must see
-        BatchEncoder(Recording(), "cpu", model.pad_multiple, TINY_CONFIG["codebook_size"], tf32=tf32).encode(items)
-        assert seen[-1] is tf32 and torch.backends.cudnn.allow_tf32 is (not tf32)
-    torch.backends.cudnn.allow_tf32 = before
+        with conv_precision(not tf32):  # the opposite of what the encoder must see
+            BatchEncoder(Recording(), "cpu", model.pad_multiple, TINY_CONFIG["codebook_size"], tf32=tf32).encode(items)
+            assert seen[-1] is tf32 and conv_tf32() is (not tf32)
+    before = torch.backends.fp32_precision
+    try:
+        torch.backends.fp32_precision = "tf32"  # the new API's global switch does not reach inside
+        BatchEncoder(Recording(), "cpu", model.pad_multiple, TINY_CONFIG["codebook_size"]).encode(items)
+        assert seen[-1] is False
+    finally:
+        torch.backends.fp32_precision = before
     assert cli.build_parser().parse_args(["--output_dir", "x", "--tf32"]).tf32 is True
     assert cli.build_parser().parse_args(["--output_dir", "x"]).tf32 is False
+
+
+def test_resume_in_another_encoder_precision_is_warned_about(corpus, tmp_path, capsys):
+    """The cache records what its encoder ran in (TF32 only on a GPU with --tf32); a resume that
+    encodes otherwise carries on (the codes differ at a few %, not in kind) but says so and how to
+    match. Here the first run's record is edited to what a GPU run with --tf32 writes."""
+    cache = tmp_path / "cache"
+    common = ["--input_dir", corpus["audio"], "--output_dir", cache, "--pretrained_model", corpus["model_dir"],
+              "--devices", "cpu", "--shard_rows", 100, "--batch_seconds", 2]
+    assert run_cli(*common, "--limit", 5) == 0
+    settings_path = cache / "cache_settings.json"
+    settings = json.loads(settings_path.read_text())
+    assert settings["encoder_precision"] == "ieee"
+    assert run_cli(*common, "--limit", 7, "--tf32") == 0  # --tf32 has no effect on a CPU: no warning
+    assert "warning: this cache's rows" not in capsys.readouterr().out
+    settings_path.write_text(json.dumps(dict(settings, encoder_precision="tf32")))
+    assert run_cli(*common) == 0
+    out = capsys.readouterr().out
+    assert "warning: this cache's rows so far were encoded in tf32, this run encodes in ieee" in out
+    assert "pass --tf32 to match" in out
+    assert json.loads(settings_path.read_text())["encoder_precision"] == "ieee"
+    _assert_complete(cache, corpus["files"])

@@ -96,6 +96,8 @@ def test_both_systems_draw_the_same_noise_on_every_chunk(models, tmp_path, monke
 def test_evaluation_runs_in_ieee_fp32_and_restores_the_setting(models, tmp_path, monkeypatch):
     """The evaluation's encodes and decodes run with cuDNN's TF32 off (torch's default is on), so
     its codes are the cache's and its figures do not depend on the card; the setting comes back."""
+    from snac.compiling import conv_precision, conv_tf32
+
     _tone(tmp_path / "data" / "a.wav", 48000)
     seen = []
     real = evaluate.load_codec_pair
@@ -103,14 +105,14 @@ def test_evaluation_runs_in_ieee_fp32_and_restores_the_setting(models, tmp_path,
     def load_with_hooks(*args, **kwargs):
         model, base, spec = real(*args, **kwargs)
         for name, module in (("encode", base.encoder), ("decode", model.decoder.model[0])):
-            module.register_forward_hook(lambda *_, name=name: seen.append((name, torch.backends.cudnn.allow_tf32)))
+            module.register_forward_hook(lambda *_, name=name: seen.append((name, conv_tf32())))
         return model, base, spec
 
     monkeypatch.setattr(evaluate, "load_codec_pair", load_with_hooks)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert _run(models, tmp_path / "data", tmp_path / "out") == 0
+    with conv_precision(True):
+        assert _run(models, tmp_path / "data", tmp_path / "out") == 0
+        assert conv_tf32() is True
     assert {name for name, _ in seen} == {"encode", "decode"} and not any(tf32 for _, tf32 in seen)
-    assert torch.backends.cudnn.allow_tf32 is True
 
 
 def test_metric_failures_are_counted_and_reported(models, tmp_path, monkeypatch):

@@ -203,27 +203,27 @@ def test_reduced_precision_decode_is_close_to_fp32_and_written_as_float(models, 
 def test_convolutions_run_in_ieee_fp32_unless_tf32_is_asked_for(models, tmp_path, monkeypatch):
     """inference.py encodes and decodes with cuDNN's TF32 off (torch's default is on), --tf32 on;
     the process's setting is restored after the run."""
+    from snac.compiling import conv_precision, conv_tf32
+
     seen = {}
     real_encode, real_decode = inference.encode_blocks, inference.iter_decode
 
     def encode(*a, **k):
-        seen["encode"] = torch.backends.cudnn.allow_tf32
+        seen["encode"] = conv_tf32()
         return real_encode(*a, **k)
 
     def decode(*a, **k):
         for block in real_decode(*a, **k):
-            seen["decode"] = torch.backends.cudnn.allow_tf32
+            seen["decode"] = conv_tf32()
             yield block
 
     monkeypatch.setattr(inference, "encode_blocks", encode)
     monkeypatch.setattr(inference, "iter_decode", decode)
     _write(tmp_path / "x.wav", 0.3, 24000)
-    before = torch.backends.cudnn.allow_tf32
     for flags, expect in (([], False), (["--tf32"], True)):
-        torch.backends.cudnn.allow_tf32 = not expect
         seen.clear()
-        assert inference.main(["--checkpoint", str(models / "ckpt48.pt"), "--input", str(tmp_path / "x.wav"),
-                               "--output", str(tmp_path / "y.wav"), "--device", "cpu", *flags]) == 0
-        assert seen == {"encode": expect, "decode": expect}
-        assert torch.backends.cudnn.allow_tf32 is (not expect)
-    torch.backends.cudnn.allow_tf32 = before
+        with conv_precision(not expect):
+            assert inference.main(["--checkpoint", str(models / "ckpt48.pt"), "--input", str(tmp_path / "x.wav"),
+                                   "--output", str(tmp_path / "y.wav"), "--device", "cpu", *flags]) == 0
+            assert seen == {"encode": expect, "decode": expect}
+            assert conv_tf32() is (not expect)

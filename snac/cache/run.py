@@ -432,6 +432,9 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     settings = model_settings(model_id, model.config, cfg.target_sample_rate, cfg.embed_audio, input_root,
                               weights_fingerprint(model))
     del model
+    # what the encoder's convolutions run in (cuDNN's TF32 exists on GPUs only); not a setting every
+    # run must share: a resume that changes it is warned about, not refused
+    settings["encoder_precision"] = "tf32" if cfg.tf32 and any(d.startswith("cuda") for d in devices) else "ieee"
     out = Path(cfg.output_dir).absolute()
     if rank == 0 and not cfg.overwrite:
         changed_settings(out, settings)  # refuses a cache with rows made otherwise (read only)
@@ -454,6 +457,12 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             n = len(old_logs)
             say(f"{out} holds no rows: its settings are replaced (changed: {', '.join(changed)}); "
                 f"{n} rejection logs of the old settings removed")
+        earlier = json.loads((out / SETTINGS_NAME).read_text()).get("encoder_precision") \
+            if (out / SETTINGS_NAME).is_file() and list_shards(out) else None
+        if earlier is not None and earlier != settings["encoder_precision"]:
+            say(f"warning: this cache's rows so far were encoded in {earlier}, this run encodes in "
+                f"{settings['encoder_precision']}: the two differ at a few % of a trained encoder's codes "
+                f"({'omit' if cfg.tf32 else 'pass'} --tf32 to match, or --overwrite to start over)")
         write_json_atomic(out / SETTINGS_NAME, settings, durable=True)
         for tmp in out.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}.tmp-*"):  # left by a killed run
             tmp.unlink()
