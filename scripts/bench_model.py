@@ -229,9 +229,9 @@ def code_flips(args) -> None:
     float32 one."""
     from snac.audio import AUDIO_EXTENSIONS, load_audio, resample
     from snac.compiling import conv_precision
+    from snac.evaluation import find_eval_files
 
-    dev = args.device
-    kind = torch.device(dev).type  # "cuda" for cuda:N too
+    dev = args.device  # "cpu" or "cuda" (main made cuda:N the current device)
     if args.flips_model == "random":  # the published layout at random weights (seed 0)
         torch.manual_seed(0)
         model = SNAC(**SNAC_24KHZ)
@@ -240,12 +240,12 @@ def code_flips(args) -> None:
     model = model.eval().requires_grad_(False).to(dev)
     rate, mult = model.sampling_rate, model.pad_multiple
     if args.flips_audio:
-        paths = sorted(p for p in Path(args.flips_audio).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        paths = find_eval_files(args.flips_audio, args.flips_files)
         if not paths:
             raise SystemExit(f"error: no audio files under {args.flips_audio} (--flips_audio wants a folder of "
                              f"{', '.join(sorted(AUDIO_EXTENSIONS))})")
         signals = []
-        for path in paths[:args.flips_files]:
+        for path in paths:
             x, sr = load_audio(path, mono=True)
             signals.append(torch.as_tensor(resample(x, sr, rate), dtype=torch.float32).reshape(-1))
         source = f"{len(signals)} files of {args.flips_audio}"
@@ -255,16 +255,16 @@ def code_flips(args) -> None:
 
     def encode(x: torch.Tensor, dtype=None, tf32: bool = False, emulate: bool = False) -> list[torch.Tensor]:
         with torch.inference_mode(), conv_precision(tf32), emulated_tf32() if emulate else contextlib.nullcontext(), \
-                torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
+                torch.autocast(dev, dtype=dtype or torch.float32, enabled=dtype is not None):
             return [c.cpu() for c in model.encode(x.to(dev))]
 
-    modes = {"fp32": {}, **({"tf32": {"tf32": True}} if kind == "cuda" else {}), "tf32 emulated": {"emulate": True},
+    modes = {"fp32": {}, **({"tf32": {"tf32": True}} if dev == "cuda" else {}), "tf32 emulated": {"emulate": True},
              "bf16": {"dtype": torch.bfloat16}, "fp16": {"dtype": torch.float16}}
     codes, seconds = {}, {}
     for name, kw in modes.items():
         encode(signals[0].reshape(1, 1, -1), **kw)  # warm-up
         seconds[name] = sum(timed(lambda x=x: codes.setdefault(name, []).append(encode(x.reshape(1, 1, -1), **kw)),
-                                  kind) for x in signals)
+                                  dev) for x in signals)
     # a batch: the files of at least the median padded length, cut to it (equal lengths, no padding)
     length = sorted(len(x) for x in signals)[len(signals) // 2] // mult * mult
     together = [x[:length] for x in signals if len(x) >= length][:args.flips_batch]
@@ -275,7 +275,7 @@ def code_flips(args) -> None:
         return [100 * sum(int((x[i] != y[i]).sum()) for x, y in zip(a, b)) / sum(x[i].numel() for x in a)
                 for i in range(len(a[0]))]
 
-    name = torch.cuda.get_device_name(dev) if kind == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name() if dev == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"code flips: {args.flips_model} on {name}; {source}; each file encoded alone")
     print(f"{'mode':32s} {'% codes changed, coarse first':>30s}  {'encode time / fp32':>18s}")
     for mode in modes:

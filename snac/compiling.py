@@ -52,19 +52,13 @@ def conv_precision(tf32: bool) -> Iterator[None]:
     import torch
 
     conv = _conv_flag()
-    if conv is not None:
-        saved = conv.fp32_precision  # as resolved: a value inherited from the global one comes back explicit
-        conv.fp32_precision = "tf32" if tf32 else "ieee"
-    else:
-        saved = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+    target, flag = (conv, "fp32_precision") if conv is not None else (torch.backends.cudnn, "allow_tf32")
+    saved = getattr(target, flag)  # the new API's value as resolved: an inherited one comes back explicit
+    setattr(target, flag, ("tf32" if tf32 else "ieee") if conv is not None else tf32)
     try:
         yield
     finally:
-        if conv is not None:
-            conv.fp32_precision = saved
-        else:
-            torch.backends.cudnn.allow_tf32 = saved
+        setattr(target, flag, saved)
 
 
 def check_backend(backend: str) -> str:

@@ -434,7 +434,8 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     del model
     # what the encoder's convolutions run in (cuDNN's TF32 exists on GPUs only); not a setting every
     # run must share: a resume that changes it is warned about, not refused
-    settings["encoder_precision"] = "tf32" if cfg.tf32 and any(d.startswith("cuda") for d in devices) else "ieee"
+    on_gpu = any(d.startswith("cuda") for d in devices)  # torchrun's per-rank pick below keeps this
+    settings["encoder_precision"] = "tf32" if cfg.tf32 and on_gpu else "ieee"
     out = Path(cfg.output_dir).absolute()
     if rank == 0 and not cfg.overwrite:
         changed_settings(out, settings)  # refuses a cache with rows made otherwise (read only)
@@ -506,7 +507,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
         f"[{', '.join(slots)}]" + (f" of {num_workers} in all (rank {rank}/{world})" if distributed else ""))
     say(f"model {model_id}: {settings['model_sample_rate']} Hz, hop {settings['hop_length']}, strides "
         f"{settings['vq_strides']}; target {cfg.target_sample_rate} Hz; output {out}")
-    if any(d.startswith("cuda") for d in slots):
+    if on_gpu:
         say("the encoder's convolutions run in " + (
             "TF32 (--tf32)" if cfg.tf32 else "IEEE float32 (--tf32 lets cuDNN use TF32: faster, some codes flip)"))
     if cfg.sort_by_length and todo:
