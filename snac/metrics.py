@@ -237,3 +237,35 @@ def all_metrics(ref, est, sample_rate: int, band_hz: tuple[float, float] | None 
             errors[name] = f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
             out[name] = None
     return out
+
+
+def mel_distance_low(ref, est, sample_rate: int, low_rate: int = 24000, silence_db: float | None = None) -> float:
+    """``mel_distance`` of both signals resampled to ``low_rate`` (default 24 kHz: the 0-12 kHz band a
+    stock 24 kHz decoder covers): shows whether a 48 kHz head made the band it inherited worse."""
+    from .audio import resample
+
+    ref, est = _pair(ref, est)
+    if sample_rate <= low_rate:
+        return mel_distance(ref, est, sample_rate, silence_db)
+    r, e = (torch.as_tensor(resample(x.numpy(), sample_rate, low_rate)) for x in (ref, est))
+    return mel_distance(r, e, low_rate, silence_db)
+
+
+def tonal_prominence(x, sample_rate: int, low_hz: float = 12000.0, high_hz: float | None = 24000.0,
+                     n_fft: int = 4096, median_hz: float = 1000.0) -> tuple[float, float]:
+    """Stationary spectral lines in [low_hz, high_hz]: the time-averaged power spectrum in dB (every
+    frame, ``n_fft`` bins) minus its running median over ``median_hz``; -> (max, mean of the positive
+    part) of that difference, in dB. A tone under the whole signal stands out by tens of dB; a
+    smooth band (noise, speech, silence) by a few dB (the average's own fluctuation)."""
+    from .lines import excess_db
+
+    x = _tensor(x)
+    if len(x) < n_fft:
+        raise ValueError(f"{len(x)} samples: tonal prominence needs at least n_fft={n_fft}")
+    high_hz = sample_rate / 2 if high_hz is None else min(high_hz, sample_rate / 2)
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    band = (freqs >= low_hz) & (freqs <= high_hz)
+    if not band.any():
+        raise ValueError(f"no FFT bin in [{low_hz}, {high_hz}] Hz at {sample_rate} Hz")
+    excess = excess_db(x, sample_rate, n_fft, median_hz)[band]
+    return excess.max().item(), excess.clamp_min(0).mean().item()
