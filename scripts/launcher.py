@@ -147,6 +147,8 @@ def preflight(args: argparse.Namespace) -> str:
 
     latest = find_latest_checkpoint(out)
     resume = ""
+    if args.fresh and cfg.resume:
+        raise LaunchError(f"--fresh and --resume {cfg.resume} both given: drop one")
     if latest is not None and args.fresh:
         raise LaunchError(f"--fresh, but {out} already holds checkpoints (newest {latest.name}); a fresh "
                           "start would overwrite them: choose a new --output_dir, or drop --fresh to resume")
@@ -156,6 +158,9 @@ def preflight(args: argparse.Namespace) -> str:
         notes.append(f"resuming from {latest} (--resume auto; pass --fresh with a new --output_dir to start over)")
     elif cfg.resume:
         notes.append(f"resuming as asked: --resume {cfg.resume}")
+    elif args.fresh:
+        cfg.fresh = True  # the trainer gets --fresh too: leftovers of an earlier run are set aside
+        notes.append(f"starting a new run in {out} (--fresh)")
     else:
         notes.append(f"starting a new run in {out}")
 

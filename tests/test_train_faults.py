@@ -140,13 +140,16 @@ def test_non_finite_steps_are_skipped_counted_and_too_many_stop_the_run(data, tm
     assert not (out / "checkpoint_iter6.pt").exists() and not (out / "checkpoint_epoch2.pt").exists()
 
 
-def test_a_stop_signal_saves_without_validating_first(data, tmp_path, monkeypatch):
+def test_a_stop_signal_saves_first_then_validates_once_for_best_model(data, tmp_path, monkeypatch):
     # SIGTERM during step 2: step 3 stops the run. Iteration 3 ends epoch 1 and is an iteration
-    # checkpoint, both of which validate in a normal run; after a signal the run only saves.
+    # checkpoint, both of which validate first in a normal run; after a signal the run saves first
+    # (the grace period may be short), then validates once so best_model.pt exists (issue 25.3).
     monkeypatch.setenv("SNAC48_FAULT", "step:2:TERM")
     out = tmp_path / "run"
     assert trainer.train(config(data["root"], data["model"], data["train"], data["val"], out, batch_size=3,
                                 checkpoint_every=3, val_examples=0)) == 0
-    assert [m for m in read_metrics(out) if m["type"] == "val"] == []
-    assert "val it" not in (out / "training.log").read_text()
+    assert [m["iteration"] for m in read_metrics(out) if m["type"] == "val"] == [3]
+    log = (out / "training.log").read_text()
+    assert log.index("saved checkpoint_iter3.pt, latest.pt") < log.index("val it 3") < log.index("saved best_model.pt")
     assert load_checkpoint(out / "latest.pt")["iteration"] == 3  # saved at the step the stop came
+    assert load_checkpoint(out / "best_model.pt")["iteration"] == 3
