@@ -75,7 +75,9 @@ if [[ "$DEVICE" == *,* ]]; then
     # one process per listed GPU; each rank uses cuda:LOCAL_RANK of CUDA_VISIBLE_DEVICES
     NPROC=$(( $(tr -cd , <<< "$DEVICE" | wc -c) + 1 ))
     export CUDA_VISIBLE_DEVICES="$DEVICE"
-    RUNNER=(python -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+    # torchrun under launcher.py: a stop signal that every worker answered by saving exits 0, not
+    # torchrun's 1 (see launcher.py torchrun)
+    RUNNER=(python "$ROOT/scripts/launcher.py" torchrun --output_dir "$OUTPUT_DIR" -- --standalone --nproc_per_node "$NPROC")
     ARGS+=(--device 0)
 else
     RUNNER=(python)

@@ -1,5 +1,5 @@
 """Faults: SIGKILL at several points then --resume auto ends bit-identical to an uninterrupted run;
-a group SIGTERM under uv run saves and exits 0 (signals together are one request, a later one exits at once); the non-finite step guard."""
+a group SIGTERM under uv run (and under torchrun via the launcher) saves and exits 0 (signals together are one request, a later one exits at once); the non-finite step guard."""
 
 import json
 import os
@@ -153,3 +153,26 @@ def test_a_stop_signal_saves_first_then_validates_once_for_best_model(data, tmp_
     assert log.index("saved checkpoint_iter3.pt, latest.pt") < log.index("val it 3") < log.index("saved best_model.pt")
     assert load_checkpoint(out / "latest.pt")["iteration"] == 3  # saved at the step the stop came
     assert load_checkpoint(out / "best_model.pt")["iteration"] == 3
+
+
+@pytest.mark.slow
+def test_group_sigterm_under_torchrun_via_the_launcher_exits_zero_once_every_worker_saved(data, tmp_path, pycache_env):
+    # torchrun itself exits 1 (SignalException) on a group SIGTERM although its workers saved;
+    # the launcher's documented multi-GPU path (launcher.py torchrun) exits 0 when they did
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "scripts" / "launcher.py"), "torchrun", "--output_dir", str(out), "--",
+           "--standalone", "--nproc_per_node", "2", str(SCRIPT)] + flags(data, out, epochs=50, checkpoint_every=0,
+                                                                          val_codes=None, batch_size=2)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1", **pycache_env})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " it 2/" in line:
+            os.killpg(proc.pid, signal.SIGTERM)  # torchrun, both workers and the launcher
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=300) == 0, "".join(lines)[-3000:]
+    assert "every worker saved and stopped" in "".join(lines)
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "stopped" and load_checkpoint(out / "latest.pt")["iteration"] == status["iteration"]
