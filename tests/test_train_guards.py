@@ -144,3 +144,40 @@ def test_discriminators_of_another_recipe_are_refused_at_restore():
     saved = {"discriminator": adversary().state_dict()}
     with pytest.raises(ValueError, match="the checkpoint's discriminators .* differ from this run's"):
         adversary(multi_band=False).restore(saved, print)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--learning_rate", "0"], "--learning_rate must be a positive number"),
+    (["--onecycle_pct_start", "1"], "--onecycle_pct_start must be in (0, 1)"),
+    (["--weight_decay", "-1"], "--weight_decay must be >= 0"),
+    (["--l1_weight", "0", "--stft_weight", "0"], "must be >= 0 and not both 0"),
+    (["--n_ffts", "4"], "--n_ffts must list FFT sizes >= 8"),
+    (["--mel_weight", "-1"], "--mel_weight must be >= 0"),
+    (["--disc_learning_rate", "0"], "--disc_learning_rate must be a positive number"),
+    (["--disc_start_step", "-1"], "--disc_start_step must be >= 0"),
+    (["--adversarial", "--no-multi_period", "--no-multi_band"], "--adversarial needs a discriminator"),
+    (["--mrd_channels", "0"], "--mrd_channels (0) must be positive"),
+    (["--grad_clip", "-1"], "--grad_clip must be >= 0"),
+    (["--max_bad_steps", "0"], "--max_bad_steps must be >= 1"),
+    (["--checkpoint_every", "-1"], "--checkpoint_every must be >= 0"),
+    (["--checkpoint_minutes", "-1"], "--checkpoint_minutes must be >= 0"),
+    (["--keep_last", "0"], "--keep_last must be >= 1"),
+    (["--val_every", "0"], "--val_every must be >= 1"),
+    (["--val_examples", "-1"], "--val_examples must be >= 0"),
+    (["--log_every", "0"], "--log_every must be >= 1"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--max_steps", "0"], "--max_steps must be >= 1"),
+    (["--max_minutes", "0"], "--max_minutes must be > 0"),
+    (["--num_workers", "-1"], "--num_workers must be >= 0"),
+    (["--target_sample_rate", "0"], "--target_sample_rate must be positive"),
+    (["--head", "huge"], "--head must be 'full' or 'lite'"),
+    (["--head_channels", "8"], "--head_channels 8: only for --head lite"),
+])
+def test_decoder_flag_checks_each_alone(extra, message):
+    from snac.train.config import resolve_config
+
+    with pytest.raises(ConfigError) as e:
+        resolve_config(["--train_codes", "a", *extra])
+    assert message in str(e.value) and "\n" not in str(e.value)
