@@ -16,7 +16,7 @@ from .. import SNAC, SNAC48, load_model
 from ..model48 import head_spec
 from ..cache.format import validate_target_sample_rate, weights_fingerprint
 from ..hub import resolve_pretrained
-from .checkpoint import find_latest_checkpoint, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import TrainConfig, epoch_plan
 from .distributed import DistInfo
 from .rundir import PreflightError, check_output_dir, check_resume_file, choose_resume
