@@ -57,6 +57,38 @@ def test_decoder_refuses_fresh_with_resume(data, tmp_path, capsys):
     assert "--fresh and --resume auto both given: drop one" in one_line(capsys)
 
 
+@pytest.mark.parametrize("case, message", [
+    ("garbage .pt", "is unreadable"),
+    ("directory without config.json", "has no config.json"),
+])
+def test_decoder_refuses_an_unreadable_pretrained_model(data, tmp_path, capsys, case, message):
+    if case == "garbage .pt":
+        model = tmp_path / "m.pt"
+        model.write_bytes(b"\x00not a checkpoint" * 20)
+    else:
+        model = tmp_path / "empty_model"
+        model.mkdir()
+    assert trainer.main(base_args(tmp_path, model, data["train"], data["val"], tmp_path / "run")) == 2
+    err = one_line(capsys)
+    assert f"--pretrained_model {model}" in err and message in err
+
+
+def test_decoder_refuses_a_file_as_a_code_cache(data, tmp_path, capsys):
+    (tmp_path / "codes").write_text("not a cache")
+    args = base_args(tmp_path, data["model"], tmp_path / "codes", data["val"], tmp_path / "run")
+    assert trainer.main(args) == 2
+    assert "--train_codes" in (err := one_line(capsys)) and "is a file, not a directory" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without CUDA")
+def test_both_trainers_refuse_a_gpu_without_cuda(data, tmp_path, capsys):
+    assert trainer.main(base_args(tmp_path, data["model"], data["train"], data["val"], tmp_path / "a", device="0")) == 2
+    assert "asks for a GPU but CUDA is not available; pass --device cpu" in one_line(capsys)
+    cfg = resolve_codec_config(["--audio_dir", str(tmp_path), "--output_dir", str(tmp_path / "b"), "--device", "0"])
+    assert run_codec_training(cfg) == 2
+    assert "asks for a GPU but CUDA is not available" in one_line(capsys)
+
+
 # ---------------------------------------------------------------- codec trainer
 @pytest.fixture
 def audio(tmp_path):
