@@ -5,12 +5,15 @@
         --train_codes cache/train --val_codes cache/val --output_dir runs/snac48
     torchrun --nproc_per_node=4 finetune_decoder_48khz.py ...same flags...   # DDP, one GPU per rank
     ... --resume auto      # continue from the newest valid checkpoint in --output_dir (or start fresh)
+    ... --fresh            # start over where only an earlier run's leftovers are (renamed abandoned-*)
 
 Every flag is a key of the optional --config JSON (explicit flags win); `--help` lists them.
 The run directory gets config.json, training.log, metrics.jsonl, status.json, TensorBoard events
 and checkpoints (checkpoint_iter{N}.pt, checkpoint_epoch{E}.pt, latest.pt, best_model.pt).
 SIGTERM / SIGINT finish the current step, save latest.pt and exit 0 (signals arriving within 1 s are
-one request); a later, separate signal exits at once.
+one request); a later, separate signal exits at once. Every end validates once if that iteration was
+not, so best_model.pt exists. One trainer per run directory (OUTPUT_DIR/.lock); every check runs
+before anything in it is renamed or written (snac/train/rundir.py, shared with train_codec.py).
 This file is the entry point (flags, pre-flight, run directory, exit status); the loop and its
 parts live in snac/train/ (plan.py, loop.py, state.py, step.py, phases.py, log.py; adversarial.py
 for --adversarial, the discriminators' side of the adversarial recipe).
@@ -30,12 +33,12 @@ from typing import Callable
 import torch
 
 from snac.fileio import write_json_atomic
-from snac.train.checkpoint import clean_stale_temps, set_aside_newer
 from snac.train.config import ConfigError, TrainConfig, resolve_config
 from snac.train.distributed import DistInfo, StopFlag, barrier, cleanup, setup_dist
 from snac.train.log import RunLog
 from snac.train.loop import train_loop
 from snac.train.plan import PreflightError, preflight, total_iterations
+from snac.train.rundir import lock_run_dir, prepare_run_dir
 
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_BAD_STEPS = 2, 1, 3
 
@@ -51,20 +54,18 @@ def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
     main = dist_info.is_main
     out = Path(cfg.output_dir)
     try:
-        plan = preflight(cfg, dist_info)
+        plan = preflight(cfg, dist_info)  # reads only: a refusal leaves the run directory as it was
+        lock = lock_run_dir(out, dist_info, device)  # a second trainer on this directory stops here
     except PreflightError as e:
         if main:
             print(f"error: {e}", file=sys.stderr, flush=True)
         cleanup()
         return EXIT_BAD_INPUT
+    # ---- only now is anything in the run directory renamed or written
+    notes = list(plan.resume_notes)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        for p in clean_stale_temps(out):
-            print(f"removed stale temporary file {p.name} (left by a crash during a save)", flush=True)
-        if plan.resume_state is not None:
-            for old, new in set_aside_newer(out, int(plan.resume_state["iteration"])):
-                print(f"resuming an older checkpoint: renamed {old.name} (a later iteration) to {new.name}",
-                      flush=True)
+        explicit = cfg.resume not in (None, "auto")  # --resume auto keeps a newer best_model.pt in place
+        notes += prepare_run_dir(out, int(plan.resume_state["iteration"]) if explicit else None, plan.leftovers)
     barrier()
     precision = cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
 
@@ -75,6 +76,8 @@ def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
 
     resume = plan.resume_state
     log = RunLog(out if main else None, purge_step=int(resume["iteration"]) + 1 if resume else None)
+    for note in notes:
+        log.line(note)
     stop = StopFlag()
     stop.install()
     try:
@@ -95,6 +98,8 @@ def train(cfg: TrainConfig, clock: Callable[[], float] = time.monotonic) -> int:
         stop.restore()
         log.close()
         cleanup()
+        if lock is not None:
+            lock.close()
 
 
 def report_failure(log: RunLog, error: str) -> None:

@@ -6,7 +6,8 @@
 #   GPU            GPU index as nvidia-smi numbers it (e.g. 0), or "cpu"; a list such as 0,1,2,3 runs
 #                  one DDP process per GPU under torchrun (CUDA_VISIBLE_DEVICES set to that list)
 #   --config FILE  trainer JSON config (default: configs/finetune_48khz.json); flags after it win
-#   --fresh        never resume: refuse if the run directory already holds checkpoints
+#   --fresh        never resume: refuse if the run directory already holds checkpoints; leftovers of an
+#                  earlier run (best_model.pt, unreadable or abandoned-* checkpoints) are renamed abandoned-*
 #   trainer flags  anything finetune_decoder_48khz.py accepts (see its --help), e.g.
 #                  --train_codes cache/train --val_codes cache/val --output_dir runs/snac48
 #
@@ -69,11 +70,14 @@ PID_FILE="$LOG_DIR/train.pid"
 ARGS=(--config "$CONFIG")
 ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
 if [[ -n "$RESUME" ]]; then ARGS+=(--resume "$RESUME"); fi
+ARGS+=(${FRESH[@]+"${FRESH[@]}"})  # the trainer sets aside an earlier run's leftovers (best_model.pt, ...)
 if [[ "$DEVICE" == *,* ]]; then
     # one process per listed GPU; each rank uses cuda:LOCAL_RANK of CUDA_VISIBLE_DEVICES
     NPROC=$(( $(tr -cd , <<< "$DEVICE" | wc -c) + 1 ))
     export CUDA_VISIBLE_DEVICES="$DEVICE"
-    RUNNER=(python -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+    # torchrun under launcher.py: a stop signal that every worker answered by saving exits 0, not
+    # torchrun's 1 (see launcher.py torchrun)
+    RUNNER=(python "$ROOT/scripts/launcher.py" torchrun --output_dir "$OUTPUT_DIR" -- --standalone --nproc_per_node "$NPROC")
     ARGS+=(--device 0)
 else
     RUNNER=(python)

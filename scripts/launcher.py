@@ -6,6 +6,11 @@
         that a live run holds (clearing stale PID files), decide whether to resume, run the
         trainer's own pre-flight checks (caches exist, manifest matches the model, segment fits...),
         write logs/<run>/launch.json and print shell assignments for the launcher to eval.
+    torchrun --output_dir RUN_DIR -- TORCHRUN ARGS...
+        Run torchrun (python -m torch.distributed.run) and pass on its exit status, except after a
+        stop signal: torchrun answers one with exit 1 and a SignalException traceback even when
+        every worker saved; when the run's status.json says 'stopped' at the iteration latest.pt
+        holds, the workers saved and stopped cleanly, and this exits 0 (as a single process does).
     status [RUN_DIR...] [--plot] [--logs_root logs]
         One block per run: state, PID, device, uptime, progress, losses, speed, ETA, newest
         checkpoint, log path, GPU memory/utilisation. Reads files only (no torch import: fast).
@@ -147,6 +152,8 @@ def preflight(args: argparse.Namespace) -> str:
 
     latest = find_latest_checkpoint(out)
     resume = ""
+    if args.fresh and cfg.resume:
+        raise LaunchError(f"--fresh and --resume {cfg.resume} both given: drop one")
     if latest is not None and args.fresh:
         raise LaunchError(f"--fresh, but {out} already holds checkpoints (newest {latest.name}); a fresh "
                           "start would overwrite them: choose a new --output_dir, or drop --fresh to resume")
@@ -156,6 +163,9 @@ def preflight(args: argparse.Namespace) -> str:
         notes.append(f"resuming from {latest} (--resume auto; pass --fresh with a new --output_dir to start over)")
     elif cfg.resume:
         notes.append(f"resuming as asked: --resume {cfg.resume}")
+    elif args.fresh:
+        cfg.fresh = True  # the trainer gets --fresh too: leftovers of an earlier run are set aside
+        notes.append(f"starting a new run in {out} (--fresh)")
     else:
         notes.append(f"starting a new run in {out}")
 
@@ -364,6 +374,48 @@ def status(args: argparse.Namespace) -> int:
     return 1 if missing or not_runs else 0
 
 
+def run_torchrun(args: argparse.Namespace) -> int:
+    """torchrun as a child; a stop signal to this process is passed on to it (a group signal
+    reaches it and the workers directly). Exit 0 when a stopped run saved cleanly (see the header)."""
+    import signal
+
+    forwarded: list[int] = []  # a stop signal came: only then can torchrun's code be explained away
+    extra = list(args.torchrun_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    child = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *extra])
+
+    def forward(signum, _frame):
+        forwarded.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    rc = child.wait()
+    if rc == 0:
+        return 0
+    out = Path(args.output_dir)
+    state = read_json(out / "status.json") or {}
+    saved_at = latest_iteration(out / "latest.pt")
+    if forwarded and state.get("state") == "stopped" and saved_at is not None and saved_at == state.get("iteration"):
+        print(f"torchrun exited {rc} after a stop signal, but every worker saved and stopped: latest.pt holds "
+              f"iteration {saved_at} (status.json: stopped); exit 0", flush=True)
+        return 0
+    return rc if rc > 0 else 128 - rc  # killed by signal N: the shell's 128 + N
+
+
+def latest_iteration(path: Path) -> int | None:
+    """The iteration latest.pt holds (None when missing or unreadable)."""
+    sys.path.insert(0, str(ROOT))
+    from snac.train.checkpoint import load_checkpoint
+
+    try:
+        return int(load_checkpoint(path, mmap=True)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """``preflight ...`` or ``status ...``. Each command has its own parser named after the shell
     script that runs it, so a usage error names train_status.sh / train_decoder_48khz.sh, not
@@ -383,6 +435,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         pre.add_argument("--logs_root", default="logs")
         pre.add_argument("trainer_args", nargs=argparse.REMAINDER)
         return argparse.Namespace(command=command, **vars(pre.parse_args(argv[1:])))
+    if command == "torchrun":
+        tr = argparse.ArgumentParser(prog="train_decoder_48khz.sh (torchrun)")
+        tr.add_argument("--output_dir", required=True)
+        tr.add_argument("torchrun_args", nargs=argparse.REMAINDER)
+        return argparse.Namespace(command=command, **vars(tr.parse_args(argv[1:])))
     print(f"error: {Path(__file__).name} is run by train_decoder_48khz.sh (preflight) and "
           "train_status.sh (status); run those scripts instead", file=sys.stderr)
     raise SystemExit(2)
@@ -393,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return status(args)
+        if args.command == "torchrun":
+            return run_torchrun(args)
         # stdout carries only the shell assignments the launcher evals: anything else printed
         # while importing or checking goes to stderr
         real_stdout = sys.stdout

@@ -94,7 +94,7 @@ MUTANTS: list[Mutant] = [
       'tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")', "tmp = path",
       CKPT, "-k", "kill_during_a_save"),
     m("resume-auto-takes-the-oldest", "resume", CKPT_PY,
-      "if best is None or key[:2] > best[:2]:", "if best is None or key[:2] < best[:2]:",
+      "readable.sort(key=lambda r: r[:2], reverse=True)", "readable.sort(key=lambda r: r[:2], reverse=False)",
       CKPT, "-k", "newest"),
     m("rotation-deletes-the-newest", "resume", CKPT_PY,
       "if (m := ITER_RE.match(p.name))), reverse=True)", "if (m := ITER_RE.match(p.name))), reverse=False)",

@@ -6,6 +6,7 @@
     ... --model_config my_config.json          # any SNAC config.json (upstream's keys)
     ... --pretrained_model DIR_OR_HUB_ID       # continue from published weights instead
     ... --resume auto                          # continue from the newest checkpoint in --output_dir
+    ... --fresh                                # start over where only an earlier run's leftovers are
     torchrun --nproc_per_node=4 scripts/train_codec.py ...same flags...   # DDP, one GPU per rank
 
 Loss: mel 15 + adversarial 1 + feature matching 2 (multi-period + multi-band discriminators) +

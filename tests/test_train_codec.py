@@ -104,7 +104,8 @@ def test_stop_and_resume_auto_is_bit_identical(audio_dir, tmp_path, monkeypatch,
     """6 steps in one run == 3 steps stopped by --max_steps (or 4, stopped by a SIGTERM that the
     trainer catches: it saves and exits 0), then --resume auto to 6: every state torch.equal."""
     # validation at the end of each run (3 in the split run, 6 in both) must not move the training RNG
-    flags = ("--reseed_dead_codes", "2", "--learning_rate", "1e-3", "--val_dir", str(audio_dir), "--val_seconds", "0.3")
+    flags = ("--reseed_dead_codes", "2", "--learning_rate", "1e-3", "--val_dir", str(audio_dir), "--val_seconds", "0.3",
+             "--allow_val_in_train")
     assert train(audio_dir, tmp_path / "whole", "--max_steps", "6", *flags) == 0
     if stop_by == "max_steps":
         assert train(audio_dir, tmp_path / "split", "--max_steps", "3", *flags) == 0
@@ -267,7 +268,8 @@ def test_two_gloo_processes_then_resume_on_one(audio_dir, tmp_path, pycache_env)
 
     out = tmp_path / "ddp"
     args = ["--audio_dir", str(audio_dir), "--output_dir", str(out), *TINY_FLAGS, "--no-adversarial",
-            "--reseed_dead_codes", "1", "--val_dir", str(audio_dir), "--val_seconds", "0.3", "--max_steps", "3"]
+            "--reseed_dead_codes", "1", "--val_dir", str(audio_dir), "--val_seconds", "0.3", "--allow_val_in_train",
+            "--max_steps", "3"]
     env = {**os.environ, **pycache_env, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 str(REPO / "scripts" / "train_codec.py")]

@@ -1,5 +1,5 @@
 """Faults: SIGKILL at several points then --resume auto ends bit-identical to an uninterrupted run;
-a group SIGTERM under uv run saves and exits 0 (signals together are one request, a later one exits at once); the non-finite step guard."""
+a group SIGTERM under uv run (and under torchrun via the launcher) saves and exits 0 (signals together are one request, a later one exits at once); the non-finite step guard."""
 
 import json
 import os
@@ -62,6 +62,21 @@ def test_killed_at_any_point_and_resumed_ends_bit_identical(data, tmp_path, pyca
     assert final["scheduler"]["last_epoch"] == reference["scheduler"]["last_epoch"]
 
 
+def sigterm_group_at_step_2(cmd: list[str], env: dict, timeout: float = 300) -> tuple[int, str]:
+    """Run ``cmd`` in its own process group, SIGTERM the whole group once step 2 is logged; -> (exit
+    status, everything it printed)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " it 2/" in line:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    return proc.wait(timeout=timeout), "".join(lines)
+
+
 def test_group_sigterm_under_uv_run_with_workers_saves_mid_run_and_exits_zero(data, tmp_path, pycache_env):
     # `kill -TERM -- -PGID` (SLURM scancel, systemd) reaches uv, python and both DataLoader workers;
     # uv forwards it, so python sees SIGTERM twice within milliseconds: one stop request
@@ -71,16 +86,8 @@ def test_group_sigterm_under_uv_run_with_workers_saves_mid_run_and_exits_zero(da
     out = tmp_path / "run"
     cmd = [uv, "run", "--no-sync", "python", str(SCRIPT)] + flags(data, out, epochs=50, checkpoint_every=0,
                                                                    val_codes=None, num_workers=2)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1", **pycache_env})
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if " it 2/" in line:
-            os.killpg(proc.pid, signal.SIGTERM)  # the whole group, workers included
-            break
-    lines += proc.stdout.readlines()
-    assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    code, output = sigterm_group_at_step_2(cmd, pycache_env)  # the whole group, workers included
+    assert code == 0, output[-3000:]
     log = (out / "training.log").read_text()
     assert log.count("signal SIGTERM received: saving and exiting") == 1
     status = json.loads((out / "status.json").read_text())
@@ -140,13 +147,44 @@ def test_non_finite_steps_are_skipped_counted_and_too_many_stop_the_run(data, tm
     assert not (out / "checkpoint_iter6.pt").exists() and not (out / "checkpoint_epoch2.pt").exists()
 
 
-def test_a_stop_signal_saves_without_validating_first(data, tmp_path, monkeypatch):
+def test_a_stop_signal_saves_first_then_validates_once_for_best_model(data, tmp_path, monkeypatch):
     # SIGTERM during step 2: step 3 stops the run. Iteration 3 ends epoch 1 and is an iteration
-    # checkpoint, both of which validate in a normal run; after a signal the run only saves.
+    # checkpoint, both of which validate first in a normal run; after a signal the run saves first
+    # (the grace period may be short), then validates once so best_model.pt exists (issue 25.3).
     monkeypatch.setenv("SNAC48_FAULT", "step:2:TERM")
     out = tmp_path / "run"
     assert trainer.train(config(data["root"], data["model"], data["train"], data["val"], out, batch_size=3,
                                 checkpoint_every=3, val_examples=0)) == 0
-    assert [m for m in read_metrics(out) if m["type"] == "val"] == []
-    assert "val it" not in (out / "training.log").read_text()
+    assert [m["iteration"] for m in read_metrics(out) if m["type"] == "val"] == [3]
+    log = (out / "training.log").read_text()
+    assert log.index("saved checkpoint_iter3.pt, latest.pt") < log.index("val it 3") < log.index("saved best_model.pt")
     assert load_checkpoint(out / "latest.pt")["iteration"] == 3  # saved at the step the stop came
+    assert load_checkpoint(out / "best_model.pt")["iteration"] == 3
+
+
+@pytest.mark.slow
+def test_group_sigterm_under_torchrun_via_the_launcher_exits_zero_once_every_worker_saved(data, tmp_path, pycache_env):
+    # torchrun itself exits 1 (SignalException) on a group SIGTERM although its workers saved;
+    # the launcher's documented multi-GPU path (launcher.py torchrun) exits 0 when they did
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "scripts" / "launcher.py"), "torchrun", "--output_dir", str(out), "--",
+           "--standalone", "--nproc_per_node", "2", str(SCRIPT)] + flags(data, out, epochs=50, checkpoint_every=0,
+                                                                          val_codes=None, batch_size=2)
+    code, output = sigterm_group_at_step_2(cmd, pycache_env)  # torchrun, both workers and the launcher
+    assert code == 0, output[-3000:]
+    assert "every worker saved and stopped" in output
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "stopped" and load_checkpoint(out / "latest.pt")["iteration"] == status["iteration"]
+
+
+def test_launcher_torchrun_passes_on_a_failure_without_a_stop_signal(tmp_path):
+    # a run dir whose status.json says 'stopped' at latest.pt's iteration (an earlier, clean stop):
+    # a torchrun that fails now, with no signal, must not be reported as a clean stop
+    from snac.train.checkpoint import save_checkpoint
+
+    save_checkpoint({"model": {}, "iteration": 4}, tmp_path / "latest.pt")
+    (tmp_path / "status.json").write_text(json.dumps({"state": "stopped", "iteration": 4}))
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "launcher.py"), "torchrun", "--output_dir", str(tmp_path),
+                        "--", "--standalone", "--nproc_per_node", "1", str(tmp_path / "missing.py")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0 and "every worker saved" not in r.stdout

@@ -209,7 +209,7 @@ def test_bad_input_fails_before_model_work_with_one_line(data, tmp_path, monkeyp
         out.mkdir()
         save_checkpoint({"model": {"w": torch.ones(1)}, "iteration": 7}, out / "latest.pt")
         before = (out / "latest.pt").read_bytes()
-        expect = "already holds checkpoints; pass --resume auto"
+        expect = "already holds checkpoints (newest latest.pt); pass --resume auto"
     args = trainer_args(data, out, **overrides)
     assert trainer.main(args) == 2
     err = capsys.readouterr().err.strip()

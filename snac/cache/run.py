@@ -25,6 +25,7 @@ from pathlib import Path
 from ..audio import AUDIO_EXTENSIONS, AudioError
 from ..compiling import CompileCounter, compile_method_
 from ..fileio import write_json_atomic
+from ..lock import acquire_dir_lock
 from .config import CacheConfig, default_io_threads, parse_devices, worker_cpus
 from .encode import (PENDING_BATCHES, BatchEncoder, FileTooLarge, LengthBuckets, LoadedItem, find_audio_files,
                      header_seconds, load_item, make_row_ids, partition, read_file_list, sort_by_length)
@@ -353,20 +354,8 @@ def _remove_cache_files(out: Path) -> int:
 
 
 def _acquire_lock(out: Path, name: str):
-    import fcntl
-
-    f = open(out / name, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        raise RuntimeError(f"another caching run (pid {f.read().strip() or '?'}) is writing to {out}; "
-                           "wait for it to finish or stop it first") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
+    """The cache's run lock (snac.lock); DirLocked is a RuntimeError, refused with one line."""
+    return acquire_dir_lock(out, name, "another caching run")
 
 
 def _dist_env() -> tuple[int, int, int]:

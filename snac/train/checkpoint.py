@@ -96,25 +96,41 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest loadable resumable checkpoint in ``directory`` (highest iteration, then newest
-    file), or None. Unreadable files are skipped."""
+def scan_checkpoints(directory: str | os.PathLike) -> tuple[list[tuple[int, float, Path]], list[tuple[Path, str]]]:
+    """The resumable checkpoints of ``directory``: (readable ones as (iteration, mtime, path), newest
+    first; unreadable ones as (path, one-line reason))."""
     directory = Path(directory)
+    readable, skipped = [], []
     if not directory.is_dir():
-        return None
-    best: tuple[int, float, Path] | None = None
-    for p in directory.iterdir():
+        return readable, skipped
+    for p in sorted(directory.iterdir()):
         if not RESUMABLE.match(p.name):
             continue
         try:
             # mmap: only the small scalars are read, not the weights
-            iteration = int(load_checkpoint(p, mmap=True)["iteration"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        key = (iteration, p.stat().st_mtime, p)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
+            readable.append((int(load_checkpoint(p, mmap=True)["iteration"]), p.stat().st_mtime, p))
+        except (ValueError, KeyError, TypeError) as e:
+            skipped.append((p, str(e)))
+    readable.sort(key=lambda r: r[:2], reverse=True)
+    return readable, skipped
+
+
+def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest loadable resumable checkpoint in ``directory`` (highest iteration, then newest
+    file), or None. Unreadable files are skipped (:func:`scan_checkpoints` says which and why)."""
+    readable, _ = scan_checkpoints(directory)
+    return readable[0][2] if readable else None
+
+
+def abandon(path: Path) -> Path:
+    """Rename ``path`` (file or folder) to ``abandoned-<name>`` beside it, never over an earlier
+    abandoned one (``abandoned2-<name>``, ...); returns the new path."""
+    k, target = 1, path.with_name(f"abandoned-{path.name}")
+    while target.exists():
+        k += 1
+        target = path.with_name(f"abandoned{k}-{path.name}")
+    os.rename(path, target)
+    return target
 
 
 def rotate_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
@@ -143,9 +159,7 @@ def set_aside_newer(directory: str | os.PathLike, iteration: int) -> list[tuple[
         except (ValueError, KeyError, TypeError):
             continue
         if later:
-            target = p.with_name(f"abandoned-{p.name}")
-            os.replace(p, target)
-            moved.append((p, target))
+            moved.append((p, abandon(p)))
     return moved
 
 

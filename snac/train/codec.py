@@ -49,16 +49,20 @@ from ..audio import AudioError, load_audio, resample
 from ..cache.encode import find_audio_files
 from ..cache.format import MANIFEST_NAME
 from ..fileio import write_json_atomic
+from ..hub import resolve_pretrained
 from ..model import SNAC
 from ..presets import PRESETS
 from .adversarial import Adversary, clip_and_norm
-from .checkpoint import (clean_stale_temps, find_latest_checkpoint, link_atomic, load_checkpoint, maybe_fault,
-                         rng_state, rotate_checkpoints, save_checkpoint, set_aside_newer, set_rng_state)
+from .checkpoint import (link_atomic, load_checkpoint, maybe_fault, rng_state, rotate_checkpoints, save_checkpoint,
+                         set_rng_state)
 from .config import ConfigError, _opt, build_parser, changed_settings, resolve_dataclass_config
 from .distributed import DistInfo, StopFlag, agree_any, all_reduce_sum, gather_objects
 from .gan_losses import mel_loss
 from .log import RunLog, Throughput, count, format_duration
+from .rundir import (PreflightError, best_val_on_disk, check_output_dir, check_resume_file, choose_resume,
+                     lock_run_dir, prepare_run_dir)
 
+VALIDATION_KEYS = ("val_dir", "val_seconds")  # a best val measured otherwise is not comparable
 CHECKPOINT_KIND = "codec"  # refuses decoder-trainer checkpoints (and the reverse: they lack 'plan')
 GEN_BETAS = (0.8, 0.99)  # DAC's AdamW betas (the discriminators' are adversarial.DISC_BETAS, the same)
 LOSS_TERMS = (("loss/mel", "mel_weight"), ("loss/adv", "adv_weight"), ("loss/feat", "feat_weight"),
@@ -121,6 +125,11 @@ class CodecConfig:
     keep_last: int = _opt(3, "iteration checkpoints kept (older ones are deleted)")
     epoch_checkpoints: bool = _opt(True, "checkpoint_epoch{E}.pt at every epoch end (all kept)")
     resume: str | None = _opt(None, "'auto' (newest checkpoint in --output_dir, or start fresh) or a .pt path")
+    fresh: bool = _opt(False, "start over in an --output_dir that holds only leftovers of a run (unreadable or "
+                              "abandoned-* checkpoints, best_model.pt, the export): they are renamed abandoned-*; "
+                              "refused where resumable checkpoints are")
+    allow_val_in_train: bool = _opt(False, "accept a --val_dir equal to or inside --audio_dir (validation on "
+                                           "training audio measures nothing held out)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +156,12 @@ def check_codec_config(cfg: CodecConfig) -> None:
     need(cfg.reseed_dead_codes >= 0, f"--reseed_dead_codes must be >= 0 steps, got {cfg.reseed_dead_codes}")
     need(cfg.log_every >= 1 and cfg.keep_last >= 1 and cfg.max_bad_steps >= 1,
          "--log_every, --keep_last and --max_bad_steps must be >= 1")
+    need(not (cfg.fresh and cfg.resume), f"--fresh and --resume {cfg.resume} both given: drop one")
+    if cfg.val_dir and not cfg.allow_val_in_train:
+        val, train = Path(cfg.val_dir).resolve(), Path(cfg.audio_dir).resolve()
+        need(not (val == train or train in val.parents or val in train.parents),
+             f"--val_dir {cfg.val_dir} overlaps --audio_dir {cfg.audio_dir}: validation would score training audio; "
+             "pass a held-out folder, or --allow_val_in_train to validate on it anyway")
     need(len(cfg.mpd_channels) == 5, f"--mpd_channels needs 5 channel counts, got {cfg.mpd_channels}")
 
 
@@ -176,17 +191,35 @@ def model_config_from(name_or_path: str | None) -> dict:
 
 def build_codec(cfg: CodecConfig) -> SNAC:
     """Random weights from the seed, or the pretrained model's (its config wins)."""
+    config = expected_model_config(cfg)  # a bad config or model directory: one line, before any weights
     if cfg.pretrained_model:
         try:
             return SNAC.from_pretrained(cfg.pretrained_model)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"--pretrained_model {cfg.pretrained_model}: cannot load a SNAC ({e}); pass a "
-                              "directory with config.json + weights or a hub id") from e
+            raise unloadable(cfg, e) from e
     torch.manual_seed(cfg.seed)
+    return SNAC(**config)
+
+
+def unloadable(cfg: CodecConfig, e: Exception) -> ConfigError:
+    return ConfigError(f"--pretrained_model {cfg.pretrained_model}: cannot load a SNAC ({e}); pass a directory "
+                       "with config.json + weights or a hub id")
+
+
+def expected_model_config(cfg: CodecConfig) -> dict:
+    """The config of the codec this run builds (SNAC's normalised form), without its weights."""
+    if cfg.pretrained_model:
+        try:
+            config, _ = resolve_pretrained(cfg.pretrained_model)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise unloadable(cfg, e) from e
+    else:
+        config = model_config_from(cfg.model_config)
     try:
-        return SNAC(**model_config_from(cfg.model_config))
+        with torch.device("meta"):  # shapes only: no memory, no random init
+            return SNAC(**config).config
     except TypeError as e:
-        raise ConfigError(f"--model_config {cfg.model_config}: not a SNAC config ({e})") from e
+        raise ConfigError(f"--model_config {cfg.model_config or cfg.pretrained_model}: not a SNAC config ({e})") from e
 
 
 def window_samples(model: SNAC, seconds: float) -> int:
@@ -407,12 +440,8 @@ class CodecRun:
             state["discriminator"] = self.adversary.state_dict()
         return state
 
-    def load_state_dict(self, ckpt: dict, path: Path, warn: Callable[[str], None]) -> None:
-        if ckpt.get("kind") != CHECKPOINT_KIND:
-            raise ConfigError(f"{path} is not a checkpoint of train_codec.py; resume it with its own trainer")
-        if ckpt["model_config"] != self.model.config:
-            raise ConfigError(f"{path} holds a codec of another config ({ckpt['model_config']}); resume with the "
-                              "same --model_config / --pretrained_model or a new --output_dir")
+    def load_state_dict(self, ckpt: dict, warn: Callable[[str], None]) -> None:
+        """Restore a checkpoint that codec_preflight accepted (this trainer's, this codec's config)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.adversary is not None:
@@ -420,10 +449,17 @@ class CodecRun:
         self.health.load_state_dict(ckpt["health"])
         self.iteration, self.bad_total = int(ckpt["iteration"]), int(ckpt.get("bad_total", 0))
         self.best_val = float(ckpt.get("best_val", math.inf))
-        changed = changed_settings(ckpt.get("config", {}), self.cfg.to_dict(), ("val_dir", "val_seconds"))
+        changed = changed_settings(ckpt.get("config", {}), self.cfg.to_dict(), VALIDATION_KEYS)
         if changed and self.best_val < math.inf:
             warn(f"best val mel {self.best_val:.4f} forgotten: the validation changed ({'; '.join(changed)})")
             self.best_val = math.inf
+        on_disk, note = best_val_on_disk(self.out, "best_val", self.cfg.to_dict(), VALIDATION_KEYS)
+        if note:
+            warn(note)
+        if on_disk < self.best_val:
+            warn(f"best val mel {on_disk:.4f} of best_model.pt kept (the checkpoint resumed had {self.best_val:.4f}): "
+                 "only a better model replaces best_model.pt")
+            self.best_val = on_disk
         rank, world = self.dist_info.rank, self.dist_info.world_size
         if len(ckpt["rng"]) == world:  # same world size: every stream continues where it was
             set_rng_state(ckpt["rng"][rank])
@@ -498,7 +534,7 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
     # ---- state: fresh or resumed
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path)
-        run.load_state_dict(ckpt, resume_path, log.line)
+        run.load_state_dict(ckpt, log.line)
         now = cfg.to_dict()  # a recipe change still resumes (e.g. --adversarial after a mel-only start)
         changed = changed_settings(ckpt.get("config", {}), now, set(now) - UNLOGGED_CHANGES)
         del ckpt
@@ -589,12 +625,18 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
             log.line(f"time limit reached (--max_minutes {cfg.max_minutes:g}) at iteration {run.iteration}")
             break
 
-    # ---- exit: a last validation (not on a signal: it exits at once), latest.pt, the plain SNAC export
-    final = [] if last_saved_it == run.iteration else ["latest.pt"]
-    if result == "finished" and val_clips is not None and last_val_it != run.iteration:
-        final = ["latest.pt"] + (["best_model.pt"] if validate_now() else [])  # latest.pt holds the new best
-    if final:
-        run.save(final, log)
+    # ---- exit: latest.pt first (a stop's grace period may end soon), then one validation if this
+    # iteration had none, so best_model.pt exists after every run with val data; the plain SNAC export
+    if last_saved_it != run.iteration:
+        run.save(["latest.pt"], log)
+    if val_clips is not None:
+        best = last_val_it != run.iteration and validate_now()
+        missing = dist_info.is_main and not best and not (out / "best_model.pt").exists()
+        if agree_any(torch.tensor([float(missing)], device=device))[0]:  # run.save is collective
+            log.line("best_model.pt is missing: this iteration's codec written as best_model.pt")
+            best = True
+        if best:
+            run.save(["best_model.pt", "latest.pt"], log)  # latest.pt holds the new best too
     if dist_info.is_main:
         export = Path(cfg.export or out / "model")
         model.save_pretrained(export)
@@ -626,6 +668,27 @@ def log_codec_step(run: CodecRun, log: RunLog, meter: Throughput, metrics: dict,
                       disc_grad_norm=m.get("disc/grad_norm"))
 
 
+def codec_preflight(cfg: CodecConfig) -> tuple[Path | None, int | None, list[str], list[Path]]:
+    """Every check of the run directory and --resume, reading only (rundir's rules, as the decoder
+    trainer's). -> (checkpoint to resume or None, its iteration when --resume named it, log notes,
+    leftovers a --fresh start sets aside). Raises PreflightError / ConfigError with one line."""
+    check_output_dir(cfg.output_dir)
+    out = Path(cfg.output_dir)
+    path, notes, left = choose_resume(out, cfg.resume, cfg.fresh, Path(cfg.export) if cfg.export else out / "model")
+    if path is None:
+        return None, None, notes, left
+    state = check_resume_file(str(path))
+    if state.get("kind") != CHECKPOINT_KIND:
+        raise PreflightError(f"--resume {path} is not a checkpoint of train_codec.py; resume it with its own trainer")
+    expected = expected_model_config(cfg)
+    differ = [f"{k} {state['model_config'].get(k)} vs {v}" for k, v in expected.items()
+              if state["model_config"].get(k) != v]
+    if differ:
+        raise PreflightError(f"--resume {path} holds a codec of another config ({'; '.join(differ)} of this run); "
+                             "resume with the same --model_config / --pretrained_model or a new --output_dir")
+    return path, (int(state["iteration"]) if cfg.resume != "auto" else None), notes, left
+
+
 def run_codec_training(cfg: CodecConfig, clock: Callable[[], float] = time.monotonic) -> int:
     """The whole run with its run directory; returns the exit status (0, 1 failed, 2 bad input, 3 bad steps)."""
     import sys
@@ -641,20 +704,24 @@ def run_codec_training(cfg: CodecConfig, clock: Callable[[], float] = time.monot
     if device.type == "cpu" or cfg.threads:
         torch.set_num_threads(cfg.threads or 1)
     out = Path(cfg.output_dir)
-    if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():
-        print(f"error: --resume {cfg.resume}: no such checkpoint; pass a .pt file or 'auto'", file=sys.stderr)
+    try:
+        resume_path, explicit_it, notes, left = codec_preflight(cfg)  # reads only
+        lock = lock_run_dir(out, dist_info, device)  # a second trainer on this directory stops here
+    except (PreflightError, ConfigError) as e:
+        if dist_info.is_main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        cleanup()
         return EXIT_BAD_INPUT
+    # ---- only now is anything in the run directory renamed or written
     if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(out)
-        if cfg.resume not in (None, "auto"):
-            set_aside_newer(out, int(load_checkpoint(cfg.resume, mmap=True)["iteration"]))
+        notes += prepare_run_dir(out, explicit_it, left)
         write_json_atomic(out / "config.json", cfg.to_dict())
     barrier()
-    resume_path = find_latest_checkpoint(out) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
     resume_it = int(load_checkpoint(resume_path, mmap=True)["iteration"]) if resume_path else None
     # TensorBoard drops the events of an interrupted run past its checkpoint (they are redone)
     log = RunLog(out if dist_info.is_main else None, purge_step=None if resume_it is None else resume_it + 1)
+    for note in notes:
+        log.line(note)
     log.update_status(state="running", pid=os.getpid(), device=str(device), start_time=time.time(), epoch=None,
                       epochs=None, total_iterations=cfg.max_steps, phase="codec", error=None)
     stop = StopFlag()
@@ -676,3 +743,5 @@ def run_codec_training(cfg: CodecConfig, clock: Callable[[], float] = time.monot
         stop.restore()
         log.close()
         cleanup()
+        if lock is not None:
+            lock.close()

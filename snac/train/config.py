@@ -95,6 +95,9 @@ class TrainConfig:
     output_dir: str = _opt("runs/finetune_48khz", "run directory: logs, metrics, checkpoints")
     resume: str | None = _opt(None, "checkpoint path, or 'auto' = newest valid one in --output_dir "
                                     "(starts fresh when there is none)")
+    fresh: bool = _opt(False, "start over in an --output_dir that holds only leftovers of a run (unreadable or "
+                              "abandoned-* checkpoints, best_model.pt, model/): they are renamed abandoned-*; "
+                              "refused where resumable checkpoints are")
     checkpoint_every: int = _opt(5000, "write checkpoint_iter{N}.pt every N iterations (0 = never)")
     checkpoint_minutes: float = _opt(30.0, "write latest.pt after this much wall time without a save (0 = never)")
     keep_last: int = _opt(3, "iteration checkpoints kept (older ones are deleted)")
@@ -302,6 +305,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.max_minutes is None or cfg.max_minutes > 0, f"--max_minutes must be > 0, got {cfg.max_minutes}")
     need(cfg.num_workers >= 0, f"--num_workers must be >= 0, got {cfg.num_workers}")
     need(cfg.target_sample_rate > 0, f"--target_sample_rate must be positive, got {cfg.target_sample_rate}")
+    need(not (cfg.fresh and cfg.resume), f"--fresh and --resume {cfg.resume} both given: drop one")
     need(cfg.head in ("full", "lite"), f"--head must be 'full' or 'lite', got {cfg.head!r}")
     need(cfg.head_channels is None or (cfg.head == "lite" and cfg.head_channels >= 1),
          f"--head_channels {cfg.head_channels}: only for --head lite, and >= 1")

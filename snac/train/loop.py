@@ -24,6 +24,7 @@ from .distributed import DistInfo, StopFlag, agree_any
 from .log import RunLog, Throughput, count, fmt, format_duration
 from .phases import make_optimizer, make_scheduler, parameter_groups, set_phase
 from .plan import RunPlan, build_model, total_iterations
+from .rundir import best_val_on_disk
 from .state import TrainState, seed_fresh_run
 from .step import make_loaders, run_validation, to_device, train_step, wrap_for_steps
 from .windows import WindowSampler
@@ -95,6 +96,7 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
         state.load_state_dict(ckpt, cfg, plan, dist_info, warn=log.line)
         log_resume(run, state, ckpt)
         reset_best_if_validation_changed(run, state, ckpt)
+        keep_best_of_best_model(run, state)
         del ckpt
     else:
         if cfg.resume == "auto":
@@ -165,7 +167,9 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
     if result == "stopped":
         log.line(f"signal {signal.Signals(stop.signum).name} received: saving and exiting")
     if book.last_saved_iteration != state.iteration:
-        save(run, state, book, epoch_info, ["latest.pt"])
+        save(run, state, book, epoch_info, ["latest.pt"])  # first: a stop's grace period may end soon
+    if epoch_info:
+        validate_at_exit(run, state, book, epoch_info)
     final = "stopped" if result == "stopped" else "finished"
     # the epoch of the last step trained: the log line and status.json name the same one
     epoch = epoch_info.get("epoch", min(state.sampler.epoch + 1, cfg.epochs))
@@ -292,6 +296,21 @@ def validate(run: Run, state: TrainState, book: Bookkeeping, epoch_info: dict) -
         save(run, state, book, epoch_info, ["best_model.pt", "latest.pt"])
 
 
+def validate_at_exit(run: Run, state: TrainState, book: Bookkeeping, epoch_info: dict) -> None:
+    """Every end (finished, --max_steps, --max_minutes, a signal; after latest.pt is saved) validates
+    once if this iteration has not been, so best_model.pt exists after any run with val data (the
+    next steps use it). When it still does not (every val loss non-finite, or deleted), this
+    iteration's model is written as best_model.pt, and the log says so."""
+    if run.val_loader is None:
+        return
+    validate(run, state, book, epoch_info)
+    missing = run.dist_info.is_main and not (run.out / "best_model.pt").exists()
+    if agree_any(torch.tensor([float(missing)], device=run.device))[0]:  # save() is collective
+        run.log.line(f"best_model.pt is missing: this iteration's model written as best_model.pt "
+                     f"(val loss {fmt(state.last_val)})")
+        save(run, state, book, epoch_info, ["best_model.pt", "latest.pt"])
+
+
 def save(run: Run, state: TrainState, book: Bookkeeping, epoch_info: dict, names: list[str]) -> None:
     """Write the first name, hard-link (atomically) the others; latest.pt is always among them.
     Every rank calls it (the RNG states are gathered); rank 0 writes."""
@@ -329,6 +348,19 @@ def reset_best_if_validation_changed(run: Run, state: TrainState, ckpt: dict) ->
     if changed and not math.isinf(state.best_val):
         run.log.line(f"best val loss {fmt(state.best_val)} reset: validation changed ({'; '.join(changed)})")
         state.best_val = math.inf
+
+
+def keep_best_of_best_model(run: Run, state: TrainState) -> None:
+    """best_model.pt may be better than the resumed checkpoint knows (--resume auto skipped a newer,
+    unreadable checkpoint, or an older one was resumed): keep its best val loss, so only a better
+    model replaces it."""
+    on_disk, note = best_val_on_disk(run.out, "best_val_loss", run.cfg.to_dict(), VALIDATION_KEYS)
+    if note:
+        run.log.line(note)
+    if on_disk < state.best_val:
+        run.log.line(f"best val loss {fmt(on_disk)} of best_model.pt kept (the checkpoint resumed had "
+                     f"{fmt(state.best_val)}): only a better model replaces best_model.pt")
+        state.best_val = on_disk
 
 
 def log_model(run: Run, state: TrainState) -> None:

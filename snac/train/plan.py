@@ -5,7 +5,6 @@ Raises :class:`PreflightError` with one line naming the fix; ``build_model`` mak
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,11 @@ from .. import SNAC, SNAC48, load_model
 from ..model48 import head_spec
 from ..cache.format import validate_target_sample_rate, weights_fingerprint
 from ..hub import resolve_pretrained
-from .checkpoint import find_latest_checkpoint, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import TrainConfig, epoch_plan
 from .distributed import DistInfo
+from .rundir import PreflightError, check_output_dir, check_resume_file, choose_resume
 from .windows import WindowGeometry, WindowSampler
-
-
-class PreflightError(ValueError):
-    """Bad input found before any model work; the message is one line naming the fix."""
 
 
 def read_base_config(spec: str) -> tuple[dict, dict | None]:
@@ -50,23 +46,6 @@ def read_base_config(spec: str) -> tuple[dict, dict | None]:
     return base, (config if "base" in config else None)
 
 
-def check_output_dir(directory: str) -> None:
-    """The run directory must be (or be creatable as) a writable directory: checked before any
-    work, on every rank, so a bad path is one line and not a traceback after the model loaded."""
-    path = Path(directory)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == path and not path.is_dir():
-        raise PreflightError(f"--output_dir {directory} is a file, not a directory; choose another --output_dir")
-    if not existing.is_dir():
-        raise PreflightError(f"--output_dir {directory}: {existing} is a file, so no directory can be made "
-                             "under it; choose another --output_dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PreflightError(f"--output_dir {directory}: no permission to write in {existing}; choose a "
-                             "writable --output_dir")
-
-
 def looks_local(spec: str) -> bool:
     """A --pretrained_model that names a local path (a hub id is exactly 'owner/name')."""
     return (Path(spec).exists() or spec.endswith(".pt") or spec.startswith((".", "/", "~"))
@@ -81,8 +60,6 @@ def check_local_paths(cfg: TrainConfig) -> None:
             what = "is a file, not a directory" if Path(value).exists() else "does not exist"
             raise PreflightError(f"{flag} {value} {what}; pass a code cache directory made by "
                                  "cache_codes_multigpu.py")
-    if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():
-        raise PreflightError(f"--resume {cfg.resume} does not exist; pass a checkpoint file or 'auto'")
     if looks_local(cfg.pretrained_model) and not Path(cfg.pretrained_model).exists():
         raise PreflightError(f"--pretrained_model {cfg.pretrained_model} does not exist; pass a model directory, "
                              "a .pt checkpoint or a hub id owner/name")
@@ -119,6 +96,8 @@ class RunPlan:
     epochs: list[dict] = field(default_factory=list)  # per epoch: seconds, tokens, batch, steps, phase
     base_model: Any = None  # the --pretrained_model SNAC, loaded once by pre-flight (fresh runs only)
     base_fingerprint: str | None = None  # weights_fingerprint of the base (recorded in checkpoints)
+    resume_notes: list[str] = field(default_factory=list)  # unreadable checkpoints --resume auto skipped
+    leftovers: list[Path] = field(default_factory=list)  # what --fresh sets aside (rundir.leftovers)
 
 
 def phase_of(cfg: TrainConfig, epoch: int) -> str:
@@ -130,20 +109,11 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
     """Check every input and lay out the curriculum; raises PreflightError (one line)."""
     check_local_paths(cfg)
     out = Path(cfg.output_dir)
-    # ---- what to resume from
-    resume_path, resume_state = None, None
-    if cfg.resume == "auto":
-        resume_path = find_latest_checkpoint(out)
-    elif cfg.resume:
-        resume_path = Path(cfg.resume)
-    if resume_path is not None:
-        try:
-            resume_state = load_checkpoint(resume_path, mmap=True)
-        except ValueError as e:
-            raise PreflightError(f"--resume: {e}") from e
-    elif cfg.resume is None and find_latest_checkpoint(out) is not None:
-        raise PreflightError(f"{out} already holds checkpoints; pass --resume auto to continue that run "
-                             "or choose a new --output_dir")
+    # ---- what to resume from (read only: nothing in the run directory changes before the lock)
+    resume_path, resume_notes, leftover = choose_resume(out, cfg.resume, cfg.fresh, out / "model")
+    resume_state = check_resume_file(str(resume_path)) if resume_path is not None else None
+    if resume_state is not None:
+        check_decoder_checkpoint(cfg, resume_path, resume_state)
     # ---- the model the codes come from
     try:
         base_config, pretrained_config = read_base_config(cfg.pretrained_model)
@@ -207,7 +177,26 @@ def preflight(cfg: TrainConfig, dist_info: DistInfo) -> RunPlan:
     check_cache_weights([(f, c) for f, c in (("--train_codes", train_cache), ("--val_codes", val_cache))
                          if c is not None], fingerprint, cfg.pretrained_model)
     return RunPlan(base_config, pretrained_config, resume_path, resume_state, train_cache, train_coarse,
-                   val_cache, val_coarse, geometry, val_geometry, epochs, base_model, fingerprint)
+                   val_cache, val_coarse, geometry, val_geometry, epochs, base_model, fingerprint,
+                   resume_notes, leftover)
+
+
+def check_decoder_checkpoint(cfg: TrainConfig, path: Path, state: dict) -> None:
+    """A checkpoint this trainer can continue as asked: one of its own, with the head --head names
+    (the model is rebuilt from the checkpoint, so another --head would be recorded but not trained)."""
+    if "base_model_config" not in state or state.get("kind") is not None:
+        raise PreflightError(f"--resume {path} is not a checkpoint of finetune_decoder_48khz.py (a "
+                             f"{state.get('kind', 'foreign')} checkpoint); resume it with its own trainer")
+    model_config = state["model_config"]
+    if "base" not in model_config:
+        return  # the stock decoder at its own rate: no head
+    head = model_config.get("head") or {}
+    kind, width = head.get("type", "full"), head.get("branch_channels")
+    if kind != cfg.head or (kind == "lite" and cfg.head_channels not in (None, width)):
+        has = f"--head {kind}" + (f" --head_channels {width}" if kind == "lite" else "")
+        raise PreflightError(f"checkpoint {path} trains {has}, not --head {cfg.head}"
+                             + (f" --head_channels {cfg.head_channels}" if cfg.head_channels else "")
+                             + f": the head cannot change at resume; pass {has} or use a new --output_dir")
 
 
 def check_cache_weights(caches: list[tuple[str, Any]], fingerprint: str | None, model: str) -> None:
