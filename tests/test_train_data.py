@@ -197,3 +197,15 @@ def test_a_row_gets_new_window_starts_in_new_epochs():
                                 for epoch in range(3)])).all()
     assert (starts[0] != starts[1]).mean() > 0.8 and (starts[1] != starts[2]).mean() > 0.8
     assert ((starts >= 0) & (starts <= 380)).all()
+
+
+def test_loader_workers_are_capped_at_the_cpus_of_the_rank(monkeypatch):
+    """A config asking for 4 workers on a 2-CPU machine gets 2 (torch warns above the CPU count and
+    the workers only compete); 0 stays 0; ranks on one node share the node's CPUs."""
+    from snac.train.step import loader_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert (loader_workers(4), loader_workers(2), loader_workers(1), loader_workers(0)) == (2, 2, 1, 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader_workers(4) == 1  # never 0 when workers were asked for

@@ -87,15 +87,21 @@ def parse_devices(devices: str | None) -> list[str]:
     return out
 
 
-def worker_cpus(workers: int) -> int:
-    """CPUs of one of this process's ``workers``: the CPUs this process may run on, shared with the
-    other ranks on the node (torchrun's LOCAL_WORLD_SIZE), at most OMP_NUM_THREADS when it is set
-    (torch threads beyond the cores only spin against each other: 3-5x slower measured)."""
+def rank_cpus() -> int:
+    """CPUs this process may run on, shared with the other ranks on its node (torchrun's
+    LOCAL_WORLD_SIZE); at least 1."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    cpus //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
+def worker_cpus(workers: int) -> int:
+    """CPUs of one of this process's ``workers``: the CPUs this process may run on, shared with the
+    other ranks on the node (torchrun's LOCAL_WORLD_SIZE), at most OMP_NUM_THREADS when it is set
+    (torch threads beyond the cores only spin against each other: 3-5x slower measured)."""
+    cpus = rank_cpus()
     share = max(1, cpus // max(1, workers))
     omp = os.environ.get("OMP_NUM_THREADS", "")
     return min(share, int(omp)) if omp.isdigit() and int(omp) > 0 else share

@@ -82,7 +82,7 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
     model = build_model(cfg, plan).to(device).train()
     adversary = Adversary(cfg, dist_info, device) if cfg.adversarial else None  # drawn from the same seed
     sampler = WindowSampler(plan.train_coarse, cfg.seed, dist_info.rank, dist_info.world_size)
-    loader, val_loader = make_loaders(cfg, plan, sampler, dist_info, device)
+    loader, val_loader = make_loaders(cfg, plan, sampler, dist_info, device, log.line)
     state = TrainState(model, make_optimizer(model, cfg),
                        torch.amp.GradScaler(device.type, enabled=False),  # bf16/fp32 need no loss scaling
                        sampler, adversary=adversary)

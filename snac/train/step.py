@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..cache.config import rank_cpus
 from ..compiling import CompileCounter, compile_fn
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, ignore_stop_signals_in_worker
@@ -43,14 +44,25 @@ def wrap_for_steps(model: nn.Module, cfg: TrainConfig, dist_info: DistInfo, devi
     return step_model
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader workers per rank: ``requested``, at most the CPUs this rank may use (torch warns
+    above that and the workers only compete: 4 workers on a 2-CPU machine), at least 1 when any."""
+    return min(requested, rank_cpus()) if requested else 0
+
+
 def make_loaders(cfg: TrainConfig, plan, sampler: WindowSampler, dist_info: DistInfo,
-                 device: torch.device):
-    """(train loader driven by ``sampler``, val loader over this rank's fixed val windows or None)."""
+                 device: torch.device, log: Callable[[str], None] = lambda line: None):
+    """(train loader driven by ``sampler``, val loader over this rank's fixed val windows or None).
+    ``--num_workers`` above this rank's CPUs is capped (``loader_workers``) and ``log`` says so."""
+    workers = loader_workers(cfg.num_workers)
+    if workers < cfg.num_workers:
+        log(f"--num_workers {cfg.num_workers} capped at {workers}: the CPUs this process may use "
+            f"({rank_cpus()} per rank)")
     common = dict(collate_fn=collate_windows, pin_memory=device.type == "cuda",
-                  worker_init_fn=ignore_stop_signals_in_worker if cfg.num_workers else None,
+                  worker_init_fn=ignore_stop_signals_in_worker if workers else None,
                   generator=torch.Generator())  # never touches the global RNG (exact resume)
     loader = torch.utils.data.DataLoader(WindowDataset(plan.train_cache, plan.geometry), batch_sampler=sampler,
-                                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                                         num_workers=workers, persistent_workers=workers > 0,
                                          **common)
     if plan.val_cache is None:
         return loader, None
@@ -59,7 +71,7 @@ def make_loaders(cfg: TrainConfig, plan, sampler: WindowSampler, dist_info: Dist
                              dist_info.rank, dist_info.world_size)
     val_loader = torch.utils.data.DataLoader(WindowDataset(plan.val_cache, plan.val_geometry),
                                              batch_sampler=batched(items, cfg.batch_size),
-                                             num_workers=min(cfg.num_workers, 2), **common)
+                                             num_workers=min(workers, 2), **common)
     return loader, val_loader
 
 
