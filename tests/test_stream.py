@@ -236,3 +236,38 @@ def test_attention_stream_of_partial_windows_refused_at_flush(models):
     dec.push(random_codes(model, 2))  # half a window
     with pytest.raises(ValueError, match="attention window"):
         dec.flush()
+
+
+def test_inference_stream_writes_the_seeded_offline_decode(models, tmp_path, capsys):
+    """inference.py --stream: the wav written frame by frame is the position-seeded offline decode of
+    the same codes (trimmed to the input), and the first-audio latency and speed are printed."""
+    import importlib.util
+
+    import numpy as np
+    import soundfile as sf
+
+    from snac.infer import load_codes
+
+    spec = importlib.util.spec_from_file_location("inference_script", "inference.py")
+    inference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inference)
+    base, m48 = models["snac24"], models["snac48_lite"]
+    base.save_pretrained(tmp_path / "base")
+    m48.save_pretrained(tmp_path / "m48")
+    rate = base.sampling_rate
+    audio = 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(0.5 * rate)) / rate)
+    sf.write(str(tmp_path / "in.wav"), audio.astype(np.float32), rate)
+    out = tmp_path / "out.wav"
+    assert inference.main(["--checkpoint", str(tmp_path / "m48"), "--base_model", str(tmp_path / "base"),
+                           "--input", str(tmp_path / "in.wav"), "--output", str(out), "--device", "cpu",
+                           "--stream", "--seed", "3", "--save_codes", "--subtype", "FLOAT"]) == 0
+    printed = capsys.readouterr().out
+    assert "first audio after" in printed and "x real time" in printed
+    written, written_rate = sf.read(str(out), dtype="float32")
+    codes, _ = load_codes(tmp_path / "out.codes.npz")
+    with position_noise(m48, 3), torch.no_grad():
+        offline = m48.decode([c[None] for c in codes])[0, 0, :len(written)].numpy()
+    assert written_rate == m48.sampling_rate and len(written) == 2 * len(audio)
+    assert np.abs(written - np.clip(offline, -1, 1)).max() <= TOL
+    with pytest.raises(SystemExit):
+        inference.parse_args(["--checkpoint", "x", "--input", "a", "--output", "b.wav", "--stream_lookahead_ms", "5"])
