@@ -151,7 +151,7 @@ def main() -> None:
                 best_offline = min(best_offline, time.perf_counter() - t)
             ref = ref[0, 0].float().cpu().numpy()
             print(f"| {label} | offline, whole signal | - | - | {best_offline / audio_s:.3f} | "
-                  f"{audio_s / best_offline:.2f} | 1.00 | - | - |")
+                  f"{audio_s / best_offline:.2f} | 1.00 | - | - |", flush=True)
             rows = [(f"stream, exact" if la is None else f"stream, lookahead {la:g} ms",
                      lambda la=la: stream_row(model, tokens.to(device), per_frame, args.token_rate, device, la))
                     for la in lookaheads]
