@@ -5,6 +5,7 @@
     uv run python inference.py --checkpoint exported/ --input audio_dir/ --output decoded_dir/ --compare
     uv run python inference.py --checkpoint runs/snac48/best_model.pt --input in.wav --output out.wav --save_codes
     uv run python inference.py --checkpoint runs/snac48/best_model.pt --from_codes --input out.codes.npz --output again.wav
+    uv run python inference.py --checkpoint exported/ --from_codes --input out.codes.npz --output live.wav --stream
 
 The codes always come from the base model's frozen encoder (a SNAC48 has no encoder of its own):
 audio of any rate and channel count is downmixed to mono, resampled to the base rate (24 kHz),
@@ -36,6 +37,7 @@ from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_bl
                         load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
 from snac.layers import fold_weight_norm
 from snac.presets import DEFAULT_BASE
+from snac.stream import stream_to_wav
 
 SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")  # wav sample formats worth writing
 READ_BLOCK_SECONDS = 10.0  # input read/resample block when --chunk_seconds is 0 (whole file anyway)
@@ -77,7 +79,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seed of the decoder's noise, set before each chunk of each file (default: 0)")
     p.add_argument("--subtype", default="PCM_16", choices=SUBTYPES,
                    help="sample format of the written wav files (default: PCM_16)")
+    p.add_argument("--stream", action="store_true",
+                   help="decode one coarse frame at a time (snac.stream, exact) and append each piece to the wav as "
+                        "it is made; prints first-audio latency and speed. Noise position-seeded with --seed")
+    p.add_argument("--stream_lookahead_ms", type=float, default=None,
+                   help="with --stream: lag the codes by this much instead of the exact latency (approximate)")
     args = p.parse_args(argv)
+    if args.stream and (args.precision != "fp32" or args.compile):
+        p.error("--stream decodes in fp32 without torch.compile: drop --precision/--compile")
+    if args.stream_lookahead_ms is not None and (not args.stream or args.stream_lookahead_ms < 0):
+        p.error("--stream_lookahead_ms needs --stream and a value >= 0")
     if args.chunk_seconds < 0:
         p.error("--chunk_seconds must be >= 0 (0 = no chunking)")
     return args
@@ -193,8 +204,12 @@ def _main(argv: list[str] | None) -> int:
                     blocks = iter_resampled_blocks(path, codec_rate, chunk or READ_BLOCK_SECONDS, mono=True)
                     codes = encode_blocks(encoder, blocks, chunk, device=device)
                 length = math.ceil(src_len * out_rate / src_rate)  # output trimmed to the input's duration
-                write_stream(out, iter_decode(model, codes, chunk, device=device, seed=args.seed,
-                                              precision=args.precision), out_rate, length, args.subtype)
+                if args.stream:
+                    tqdm.write(f"{out}: " + stream_to_wav(model, codes, out, length, args.subtype,
+                                                          args.stream_lookahead_ms, args.seed)["summary"])
+                else:
+                    write_stream(out, iter_decode(model, codes, chunk, device=device, seed=args.seed,
+                                                  precision=args.precision), out_rate, length, args.subtype)
                 if args.save_codes:
                     save_codes(out.with_name(output_stem(out) + CODES_SUFFIX), codes,
                                {"model_config": codec, "source_sample_rate": src_rate,

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one short run: the CUDA tests, then bench_model, the code flips,
-# bench_cache and bench_train on the first GPU. Each step has its own time limit and log.
+# bench_cache, bench_train and bench_stream on the first GPU. Each step has its own time limit and log.
 #
-#   bash scripts/gpu_check.sh OUT_DIR [STEP ...]       # steps: env tests model modes flips cache train
+#   bash scripts/gpu_check.sh OUT_DIR [STEP ...]       # steps: env tests model modes flips cache train stream
 #   PYTHON=python3 SPEECH=DIR bash scripts/gpu_check.sh OUT_DIR tests flips
 #
 # PYTHON runs the project (default: uv run python). SPEECH: a folder of recorded speech for the
 # code flips (default: synthetic signals). SNAC_SKIP_REFERENCE=1 on a machine without PyPI (the
 # speed table then leaves upstream SNAC out). LIMIT_SCALE multiplies every step's limit (default 1;
-# the limits add up to 595 s, sized for one H100 or H200: where one command may run 10 minutes at
-# most, run it as two, e.g. "env tests model flips" then "modes cache train"). Prints each step's
+# the limits add up to 655 s, sized for one H100 or H200: where one command may run 10 minutes at
+# most, run it as two, e.g. "env tests model flips" then "modes cache train stream"). Prints each step's
 # exit status, time and last lines; OUT_DIR/<step>.log holds the whole output. Exits 1 if a step
 # failed: a machine where torch sees no CUDA GPU fails the env and tests steps.
 set -u
-all="env tests model modes flips cache train"
+all="env tests model modes flips cache train stream"
 out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [$all]}
 shift
 steps=${*:-$all}
@@ -57,6 +57,7 @@ print(torch.cuda.get_device_name())'" ;;
             --encode_files 200 --plan_files 10000 ;;
         train) step train 100 "${py[@]}" scripts/bench_train.py --arch snac_24khz --device 0 --batch_size 16 \
             --segment_length 2 --steps 10 --memory_batch_sizes 8,16,32 --compile ;;
+        stream) step stream 60 "${py[@]}" scripts/bench_stream.py --device cuda --threads 4 --repeats 1 ;;
     esac
 done
 exit $failed

@@ -63,6 +63,7 @@ INFER, INFER_ERRORS = "tests/test_inference.py", "tests/test_inference_errors.py
 PREFLIGHT = "tests/test_train_preflight.py"
 WINDOWS, LOSS_PY, CKPT_PY = "snac/train/windows.py", "snac/train/losses.py", "snac/train/checkpoint.py"
 M48_PY, INFER_PY = "snac/model48.py", "snac/infer.py"
+STREAM_PY, STREAM = "snac/stream.py", "tests/test_stream.py"
 
 MUTANTS: list[Mutant] = [
     # ---- alignment: codes of every scale and the audio of a window start at the same instant
@@ -212,6 +213,27 @@ MUTANTS: list[Mutant] = [
       INFER, "-k", "chunked"),
     m("check-codes-range-off-by-one", "inference", INFER_PY,
       'int(c.max()) >= cfg["codebook_size"]', 'int(c.max()) > cfg["codebook_size"]', INFER_ERRORS, "-k", "fit"),
+    # ---- streaming decode: each layer's state, the derived latency, the noise positions, the token layout
+    m("stream-conv-forgets-left-padding", "streaming", STREAM_PY,
+      "self.buf = x.new_zeros(x.shape[0], x.shape[1], self.padding)", "self.buf = x.new_zeros(x.shape[0], x.shape[1], 0)",
+      STREAM, "-k", "equals_offline_decode"),
+    m("stream-transposed-conv-drops-the-overlap", "streaming", STREAM_PY,
+      "for r in range(1, keep + 1):", "for r in range(1, keep):", STREAM, "-k", "equals_offline_decode"),
+    m("stream-residual-skip-not-held", "streaming", STREAM_PY,
+      "self.pending_a, self.pending_b = ya[..., m:], yb[..., m:]",
+      "self.pending_a, self.pending_b = ya[..., :0], yb[..., m:]", STREAM, "-k", "equals_offline_decode"),
+    m("stream-latency-overstated", "streaming", STREAM_PY,
+      "return max(0, n + self.padding - self.span)", "return max(0, n + self.padding - self.span - 1)",
+      STREAM, "-k", "receptive_field"),
+    m("stream-noise-position-not-advanced", "streaming", STREAM_PY,
+      "self.position += t", "self.position += 0", STREAM, "-k", "seeded_noise"),
+    m("stream-lookahead-leaks-its-state", "streaming", STREAM_PY,
+      "for node, state in zip(nodes, saved):", "for node, state in zip(nodes[:0], saved):",
+      STREAM, "-k", "short_lookahead"),
+    m("position-noise-ignores-the-offset", "streaming", "snac/layers.py",
+      "[:, None, start:start + t]", "[:, None, :t]", STREAM, "-k", "seeded_noise"),
+    m("interleaved-tokens-codebook-major", "streaming", STREAM_PY,
+      "sorted((t * s, i, t) for i, s", "sorted((i, t * s, t) for i, s", STREAM, "-k", "interleaved"),
 ]
 
 # breaks every import of the package: proves the copy's code is what the tests import

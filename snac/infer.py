@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import NoiseBlock
+from .layers import NoiseBlock, sub_seed
 from .model import SNAC, SNACEncoder
 from .model48 import SNAC48
 from .presets import DEFAULT_BASE
@@ -127,6 +127,28 @@ def noise_disabled(model: nn.Module) -> Iterator[None]:
             block.enabled = enabled
 
 
+def set_position_noise(model: nn.Module, seed: int | None) -> None:
+    """Give every NoiseBlock of ``model`` position-indexed noise: block i (in ``model.modules()``
+    order) gets ``sub_seed(seed, i)``, so a streamed decode equals an offline one with the same
+    seed, and a SNAC48 and its base draw the same trunk noise. ``None``: back to the global RNG."""
+    blocks = [m for m in model.modules() if isinstance(m, NoiseBlock)]
+    for index, block in enumerate(blocks):
+        block.position_seed = None if seed is None else sub_seed(seed, index)
+
+
+@contextlib.contextmanager
+def position_noise(model: nn.Module, seed: int | None) -> Iterator[None]:
+    """``set_position_noise`` for the duration of a ``with`` block (then the global RNG again)."""
+    blocks = [m for m in model.modules() if isinstance(m, NoiseBlock)]
+    before = [block.position_seed for block in blocks]
+    set_position_noise(model, seed)
+    try:
+        yield
+    finally:
+        for block, seed_before in zip(blocks, before):
+            block.position_seed = seed_before
+
+
 def output_samples_per_frame(model: SNAC | SNAC48) -> int:
     """Decoded samples per latent frame: hop x (output rate / codec rate)."""
     if isinstance(model, SNAC48):
@@ -182,7 +204,7 @@ def chunk_frames(config: dict, chunk_seconds: float) -> int:
 
 def chunk_seed(seed: int, index: int) -> int:
     """The torch seed of chunk ``index`` of a decode seeded with ``seed`` (independent streams)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+    return sub_seed(seed, index)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -96,25 +97,47 @@ class Snake1d(nn.Module):
         return snake(x, self.alpha)
 
 
+NOISE_BLOCK = 4096  # positions per seeded block of position-indexed noise
+
+
 class NoiseBlock(nn.Module):
     """Adds per-sample Gaussian noise scaled by a learned 1x1 conv of the input.
 
     The noise is drawn on every call (in eval mode too), so decoding is random unless the
     global RNG is seeded, the gains are zero, or ``enabled`` is False (an identity then; not part
-    of the state_dict).
+    of the state_dict). With ``position_seed`` set (None by default; not in the state_dict) the
+    noise of position t is a function of (seed, t) alone: drawn in blocks of ``NOISE_BLOCK``
+    positions, block j from a CPU generator seeded by (seed, j), so a decode split into pieces
+    (``snac.stream``, passing each piece's ``offset``) draws the same noise as a whole decode.
     """
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = wn_conv1d(dim, dim, kernel_size=1, bias=False)
         self.enabled = True
+        self.position_seed: int | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def draw(self, b: int, t: int, offset: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(b, 1, t) noise for positions [offset, offset + t)."""
+        if self.position_seed is None:
+            return torch.randn((b, 1, t), device=device, dtype=dtype)
+        first, last = offset // NOISE_BLOCK, (offset + t - 1) // NOISE_BLOCK
+        blocks = [torch.randn((b, NOISE_BLOCK), generator=torch.Generator().manual_seed(
+            sub_seed(self.position_seed, j))) for j in range(first, last + 1)] if t else [torch.zeros(b, 0)]
+        start = offset - first * NOISE_BLOCK
+        return torch.cat(blocks, 1)[:, None, start:start + t].to(device, dtype)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``offset``: the absolute position of x's first sample (matters with ``position_seed`` only)."""
         if not self.enabled:
             return x
         b, _, t = x.shape
-        noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
-        return x + noise * self.linear(x)
+        return x + self.draw(b, t, offset, x.device, x.dtype) * self.linear(x)
+
+
+def sub_seed(seed: int, index: int) -> int:
+    """An independent torch seed for item ``index`` of a stream seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class ResidualUnit(nn.Module):
