@@ -85,17 +85,49 @@ def wait_node(proc: subprocess.Popen, timeout: float) -> int:
         raise
 
 
+def _procs() -> dict[int, tuple[str, int]]:
+    """pid -> (state, parent pid) of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(stat.parent.name)] = (fields[0], int(fields[1]))
+    return out
+
+
+def node_pids(proc: subprocess.Popen) -> list[int]:
+    """The node's processes: torchrun's agent and every descendant (its workers run in their own
+    sessions, so the agent's process group alone is not the node)."""
+    table, pids = _procs(), [proc.pid]
+    for pid in pids:
+        pids += [p for p, (_, parent) in table.items() if parent == pid]
+    return pids
+
+
+def stopped_in(proc: subprocess.Popen) -> bool:
+    """Whether a process of the node is stopped (state T: e.g. SNAC48_FAULT=step:N:STOP)."""
+    table = _procs()
+    return any(table.get(p, ("", 0))[0] == "T" for p in node_pids(proc))
+
+
+def _signal_node(proc: subprocess.Popen, sig: int) -> None:
+    for pid in node_pids(proc):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def freeze_node(proc: subprocess.Popen) -> None:
-    """SIGSTOP the node's whole process group: what it wrote so far can be counted before the kill."""
-    os.killpg(proc.pid, signal.SIGSTOP)
+    """SIGSTOP every process of the node: what it wrote so far can be counted before the kill."""
+    _signal_node(proc, signal.SIGSTOP)
 
 
 def kill_node(proc: subprocess.Popen) -> None:
-    """SIGKILL the node's whole process group (torchrun's agent and its workers), as a dead machine."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL every process of the node (agent, workers, their children), as a dead machine."""
+    _signal_node(proc, signal.SIGKILL)
     proc.wait()
 
 
