@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Launch finetune_decoder_48khz.py in the background under nohup, on one GPU or on the CPU.
 #
-# usage: ./train_decoder_48khz.sh GPU|cpu [--config FILE] [--fresh] [trainer flags...]
+# usage: ./train_decoder_48khz.sh GPU|cpu [--config FILE] [--fresh] [--dry_run] [multi-node flags] [trainer flags...]
 #
 #   GPU            GPU index as nvidia-smi numbers it (e.g. 0), or "cpu"; a list such as 0,1,2,3 runs
 #                  one DDP process per GPU under torchrun (CUDA_VISIBLE_DEVICES set to that list)
 #   --config FILE  trainer JSON config (default: configs/finetune_48khz.json); flags after it win
 #   --fresh        never resume: refuse if the run directory already holds checkpoints; leftovers of an
 #                  earlier run (best_model.pt, unreadable or abandoned-* checkpoints) are renamed abandoned-*
+#   --dry_run      run the checks and print the command, start nothing
+#   multi-node     --nnodes N --node_rank R --master_addr HOST [--master_port PORT (29500)]: run the same
+#                  command on every node (R = 0..N-1); torchrun meets at HOST:PORT (c10d rendezvous, job id
+#                  = the run's name), one process per listed GPU. The run directory, the caches and this
+#                  folder's logs/ must be on a filesystem every node shares; only rank 0 writes the run
+#                  directory. Each node logs to logs/<run>/training.node<R>.log (PID in train.node<R>.pid).
 #   trainer flags  anything finetune_decoder_48khz.py accepts (see its --help), e.g.
 #                  --train_codes cache/train --val_codes cache/val --output_dir runs/snac48
 #
@@ -39,16 +45,31 @@ DEVICE="$1"; shift
 CONFIG="$ROOT/configs/finetune_48khz.json"
 FRESH=()
 EXTRA=()
+DRY_RUN=0 NNODES=1 NODE_RANK="" MASTER_ADDR="" MASTER_PORT=29500
+need_value() { [[ $2 -ge 2 ]] || die "$1 needs a value (see --help)"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --config) [[ $# -ge 2 ]] || die "--config needs a file"; CONFIG="$2"; shift 2 ;;
         --config=*) CONFIG="${1#*=}"; shift ;;
         --fresh) FRESH=(--fresh); shift ;;
+        --dry_run) DRY_RUN=1; shift ;;
+        --nnodes) need_value "$1" $#; NNODES="$2"; shift 2 ;;
+        --node_rank) need_value "$1" $#; NODE_RANK="$2"; shift 2 ;;
+        --master_addr) need_value "$1" $#; MASTER_ADDR="$2"; shift 2 ;;
+        --master_port) need_value "$1" $#; MASTER_PORT="$2"; shift 2 ;;
         --device|--device=*) die "give the device as the first argument (GPU index or cpu), not --device" ;;
         *) EXTRA+=("$1"); shift ;;
     esac
 done
 
+[[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || die "--nnodes must be a whole number >= 1, got '$NNODES'"
+[[ "$MASTER_PORT" =~ ^[0-9]+$ ]] || die "--master_port must be a port number, got '$MASTER_PORT'"
+if (( NNODES > 1 )); then
+    [[ "$NODE_RANK" =~ ^[0-9]+$ ]] && (( NODE_RANK < NNODES )) || die "--nnodes $NNODES needs --node_rank 0..$((NNODES - 1)) (this node's number), got '$NODE_RANK'"
+    [[ -n "$MASTER_ADDR" ]] || die "--nnodes $NNODES needs --master_addr: the host name or IP of node 0, which every node can reach"
+elif [[ -n "$NODE_RANK$MASTER_ADDR" ]]; then
+    die "--node_rank and --master_addr are for a run on several machines: add --nnodes N"
+fi
 command -v uv >/dev/null 2>&1 || die "uv is not on PATH; install it (curl -LsSf https://astral.sh/uv/install.sh | sh) and open a new shell"
 [[ -f "$CONFIG" ]] || die "config file $CONFIG does not exist; pass --config with an existing JSON (see $ROOT/configs/)"
 if [[ "$DEVICE" != cpu ]]; then
@@ -60,20 +81,28 @@ fi
 
 # Python pre-flight (the trainer's own config resolution and checks); prints shell assignments.
 ASSIGN="$(uv run --project "$ROOT" python "$ROOT/scripts/launcher.py" preflight --device "$DEVICE" \
-    ${FRESH[@]+"${FRESH[@]}"} -- --config "$CONFIG" ${EXTRA[@]+"${EXTRA[@]}"})" || exit $?
+    --node_rank "${NODE_RANK:-0}" ${FRESH[@]+"${FRESH[@]}"} -- --config "$CONFIG" ${EXTRA[@]+"${EXTRA[@]}"})" || exit $?
 OUTPUT_DIR="" LOG_DIR="" RESUME=""
 eval "$ASSIGN"
 [[ -n "$OUTPUT_DIR" && -n "$LOG_DIR" ]] || die "the pre-flight did not name a run directory (internal error)"
 
 LOG="$LOG_DIR/training.log"
 PID_FILE="$LOG_DIR/train.pid"
+if (( NNODES > 1 )); then LOG="$LOG_DIR/training.node$NODE_RANK.log"; PID_FILE="$LOG_DIR/train.node$NODE_RANK.pid"; fi
 ARGS=(--config "$CONFIG")
 ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
 if [[ -n "$RESUME" ]]; then ARGS+=(--resume "$RESUME"); fi
 ARGS+=(${FRESH[@]+"${FRESH[@]}"})  # the trainer sets aside an earlier run's leftovers (best_model.pt, ...)
-if [[ "$DEVICE" == *,* ]]; then
+NPROC=$(( $(tr -cd , <<< "$DEVICE" | wc -c) + 1 ))
+if (( NNODES > 1 )); then
+    # every node runs this same command; torchrun's agents meet at node 0 (c10d) and number the ranks
+    [[ "$DEVICE" == cpu ]] || export CUDA_VISIBLE_DEVICES="$DEVICE"
+    # under launcher.py like the one-node case: a stop signal every worker answered by saving exits 0
+    RUNNER=(python "$ROOT/scripts/launcher.py" torchrun --output_dir "$OUTPUT_DIR" -- --nnodes "$NNODES"
+            --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "$(basename "$OUTPUT_DIR")")
+    ARGS+=(--device "$([[ "$DEVICE" == cpu ]] && echo cpu || echo 0)")
+elif [[ "$DEVICE" == *,* ]]; then
     # one process per listed GPU; each rank uses cuda:LOCAL_RANK of CUDA_VISIBLE_DEVICES
-    NPROC=$(( $(tr -cd , <<< "$DEVICE" | wc -c) + 1 ))
     export CUDA_VISIBLE_DEVICES="$DEVICE"
     # torchrun under launcher.py: a stop signal that every worker answered by saving exits 0, not
     # torchrun's 1 (see launcher.py torchrun)
@@ -84,6 +113,11 @@ else
     ARGS+=(--device "$DEVICE")
 fi
 
+if (( DRY_RUN )); then
+    echo "would run: ${CUDA_VISIBLE_DEVICES:+CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES }uv run ${RUNNER[*]} $ROOT/finetune_decoder_48khz.py ${ARGS[*]}"
+    echo "log: $LOG"
+    exit 0
+fi
 echo "===== $(date '+%Y-%m-%d %H:%M:%S') launch on $DEVICE: ${RUNNER[*]} finetune_decoder_48khz.py ${ARGS[*]}" >> "$LOG"
 # setsid: the run gets its own process group, so a closed SSH session or Ctrl-C in this shell
 # cannot reach it; uv forwards SIGTERM to the trainer, so 'kill PID' stops it cleanly.

@@ -8,7 +8,8 @@
 #
 # Per run: running / finished / stopped / crashed (with the last error line), PID, device, uptime,
 # epoch, iteration, phase, last train loss, last and best val loss, samples/s, ETA, newest
-# checkpoint and its age, log paths, and GPU memory/utilisation from nvidia-smi when present.
+# checkpoint and its age, log paths, and GPU memory/utilisation from nvidia-smi when present; for a
+# multi-node launch (logs/ on the shared filesystem) every node's last log line.
 # Exit status: 0 every run was shown; 1 a named RUN_DIR does not exist or is not a run directory
 # (no status.json, config.json, training.log, metrics.jsonl or checkpoint), or no run was found;
 # 2 a usage error (unknown flag) or uv is not on PATH.

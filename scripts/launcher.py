@@ -19,7 +19,8 @@ Layout: the run directory is the trainer's --output_dir (runs/<run>: config.json
 metrics.jsonl, status.json, checkpoints). The launcher's files live in logs/<run>/ (<run> = the
 run directory's name): training.log (the trainer's stdout/stderr under nohup, appended across
 launches), train.pid (the PID of the launched process group) and launch.json (device, run
-directory, command, time).
+directory, command, time). A multi-node launch (--nnodes) writes training.node<R>.log and
+train.node<R>.pid per node instead; status shows every node's last log line.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def preflight(args: argparse.Namespace) -> str:
     out = Path(cfg.output_dir).resolve()
     logs_root = Path(args.logs_root)
     log_dir = logs_root / out.name
-    notes = check_live_runs(logs_root, out, args.device, log_dir)
+    # node 0 of a multi-node run guards the run and records the launch; the others cannot see its
+    # processes (another machine) and share its files
+    notes = check_live_runs(logs_root, out, args.device, log_dir) if args.node_rank == 0 else []
 
     latest = find_latest_checkpoint(out)
     resume = ""
@@ -183,7 +186,8 @@ def preflight(args: argparse.Namespace) -> str:
     launch = {"output_dir": str(out), "device": args.device, "config": cfg.config,
               "trainer_args": trainer_args + (["--resume", "auto"] if resume else []),
               "time": time.time(), "resume": resume or cfg.resume}
-    write_json_atomic(log_dir / "launch.json", launch)
+    if args.node_rank == 0:
+        write_json_atomic(log_dir / "launch.json", launch)
     for note in notes:
         print(note, file=sys.stderr)
     return (f"OUTPUT_DIR={shlex.quote(str(out))}; LOG_DIR={shlex.quote(str(log_dir))}; "
@@ -191,6 +195,24 @@ def preflight(args: argparse.Namespace) -> str:
 
 
 # ================================================================================ status
+def node_lines(log_dir: Path | None) -> list[str]:
+    """A multi-node launch's per-node logs (logs/<run>/training.node<R>.log on the shared
+    filesystem): one line per node with its last non-empty log line."""
+    if log_dir is None:
+        return []
+    lines = []
+    def node(log: Path) -> str:
+        return log.stem[len("training.node"):]
+
+    for log in sorted(log_dir.glob("training.node*.log"), key=lambda p: int(node(p)) if node(p).isdigit() else -1):
+        try:
+            last = next((line for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "")
+        except OSError as e:
+            last = f"unreadable ({e.strerror})"
+        lines.append(f"node {node(log):<8}{last[-200:] or '(empty log)'}")
+    return lines
+
+
 def age(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -325,6 +347,7 @@ def describe(run_dir: Path, logs_root: Path, plot: bool) -> list[str]:
         lines.append("checkpoint   none yet")
     logs = [str(p) for p in (nohup_log, run_log if run_log.is_file() else None) if p]
     lines.append(f"log          {' | '.join(logs) if logs else '-'}")
+    lines += node_lines(log_dir)
     if alive:
         lines += gpu_lines(str(smi_device) if smi_device else None)
         if pid:
@@ -432,6 +455,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         pre = argparse.ArgumentParser(prog="train_decoder_48khz.sh (pre-flight)")
         pre.add_argument("--device", required=True)
         pre.add_argument("--fresh", action="store_true")
+        pre.add_argument("--node_rank", type=int, default=0)
         pre.add_argument("--logs_root", default="logs")
         pre.add_argument("trainer_args", nargs=argparse.REMAINDER)
         return argparse.Namespace(command=command, **vars(pre.parse_args(argv[1:])))

@@ -195,3 +195,38 @@ def test_status_usage_errors_name_the_script_and_a_non_run_directory_exits_1(tmp
     assert "state        not a run directory" in r.stdout and "pass a trainer --output_dir" in r.stdout
     r = sh(tmp_path, STATUS)  # nothing launched here, no runs/
     assert r.returncode == 1 and "no runs found" in r.stdout
+
+
+def test_multi_node_flags_reach_torchrun_and_bad_ones_are_refused(workdir, tmp_path):
+    flags = ("--config", "tiny.json", "--output_dir", str(tmp_path / "runs" / "mn"), "--dry_run")
+    r = sh(workdir, LAUNCH, "cpu", "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.7",
+           "--master_port", "29511", *flags)
+    assert r.returncode == 0, r.stderr
+    assert ("torch.distributed.run --nnodes 2 --node_rank 1 --nproc_per_node 1 --rdzv_backend c10d "
+            "--rdzv_endpoint 10.0.0.7:29511 --rdzv_id mn") in r.stdout and "--device cpu" in r.stdout
+    assert "log: logs/mn/training.node1.log" in r.stdout
+    assert not (workdir / "logs" / "mn" / "launch.json").exists()  # node 0 records the launch
+    r = sh(workdir, LAUNCH, "cpu", "--nnodes", "2", "--node_rank", "0", "--master_addr", "n0", *flags)
+    assert r.returncode == 0 and "--rdzv_endpoint n0:29500" in r.stdout, r.stderr
+    assert (workdir / "logs" / "mn" / "launch.json").exists()
+    for bad, message in ((["--nnodes", "2", "--master_addr", "n0"], "needs --node_rank 0..1"),
+                         (["--nnodes", "2", "--node_rank", "2", "--master_addr", "n0"], "needs --node_rank 0..1"),
+                         (["--nnodes", "2", "--node_rank", "0"], "needs --master_addr"),
+                         (["--node_rank", "1"], "add --nnodes N"), (["--nnodes", "two"], "--nnodes must be"),
+                         (["--master_port", "x"], "--master_port must be a port number")):
+        r = sh(workdir, LAUNCH, "cpu", *bad, *flags)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (bad, r.stderr)
+
+
+def test_status_shows_every_nodes_last_log_line(tmp_path):
+    run, logs = tmp_path / "runs" / "mn", tmp_path / "logs" / "mn"
+    run.mkdir(parents=True)
+    logs.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "running", "iteration": 7}))
+    (logs / "launch.json").write_text(json.dumps({"output_dir": str(run), "device": "cpu"}))
+    for k, last in enumerate(["it 7/100 | loss 1.2", "[rank 1] waiting"]):
+        (logs / f"training.node{k}.log").write_text(f"start\n{last}\n\n")
+    (logs / "training.node10.log").write_text("")
+    screen = sh(tmp_path, STATUS, "runs/mn").stdout
+    assert "node 0       it 7/100 | loss 1.2" in screen and "node 1       [rank 1] waiting" in screen
+    assert screen.index("node 1 ") < screen.index("node 10 ") and "node 10      (empty log)" in screen

@@ -17,7 +17,8 @@ import torch
 from snac import SNAC
 from snac.presets import TINY_24KHZ
 from snac.train.checkpoint import load_checkpoint
-from snac.train.codec import AudioWindows, resolve_codec_config, run_codec_training, window_samples
+from snac.train.codec import resolve_codec_config, run_codec_training, window_samples
+from snac.train.codec_data import LazyAudioWindows
 from snac.train.gan_losses import mel_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,8 @@ def train(audio_dir: Path, out: Path, *flags: str) -> int:
 
 def fixed_batch_mel(model: SNAC, audio_dir: Path) -> float:
     """Mean mel distance of ``model`` on 8 windows drawn with a fixed seed (noise seeded too)."""
-    data = AudioWindows(str(audio_dir), model.sampling_rate, window_samples(model, 0.25), seed=99, warn=lambda _: None)
+    data = LazyAudioWindows(str(audio_dir), model.sampling_rate, window_samples(model, 0.25), seed=99,
+                            warn=lambda _: None)
     audio, mask = data.sample(8)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -2,9 +2,9 @@
 
 One iteration (``codec_step``):
 
-1. random windows (B, 1, T) of the folder's audio at the model's rate (T a multiple of the
-   model's pad multiple, so the encoder pads nothing); files shorter than a window are padded and
-   masked out of every loss;
+1. windows (B, 1, T) of the folder's audio at the model's rate, read from disk one at a time in a
+   seeded order (``codec_data.LazyAudioWindows``; T a multiple of the model's pad multiple, so the
+   encoder pads nothing); a file's last window is padded and masked out of every loss;
 2. encoder -> ``ResidualVectorQuantize.forward_train`` (codes, commitment and codebook losses,
    straight-through) -> decoder: pred (B, 1, T);
 3. with the adversarial recipe, one discriminator step (``Adversary.discriminator_step``, shared
@@ -23,8 +23,7 @@ auto``; SIGTERM/SIGINT save and exit 0. A checkpoint holds every RNG and data-sa
 resumed run on CPU is bit-identical to an uninterrupted one. The end of a run exports a plain SNAC
 (``SNAC.save_pretrained``: loads in ``SNAC.from_pretrained`` and in upstream snac).
 
-An epoch is as many windows as the training audio holds (total samples / window, over every rank's
-batch). At each epoch end ``checkpoint_epoch{E}.pt``; with ``--val_dir`` the mel distance of the
+An epoch is every window of the training audio once (over every rank's batches). At each epoch end ``checkpoint_epoch{E}.pt``; with ``--val_dir`` the mel distance of the
 first ``--val_seconds`` of every val file (noise seeded, the training RNG untouched) is measured
 first, and ``best_model.pt`` keeps the lowest. ``--audio_dir``/``--val_dir`` may also be code
 caches (``cache_codes_multigpu.py``, best with ``--embed_audio``): their target audio is used.
@@ -55,6 +54,7 @@ from ..presets import PRESETS
 from .adversarial import Adversary, clip_and_norm
 from .checkpoint import (link_atomic, load_checkpoint, maybe_fault, rng_state, rotate_checkpoints, save_checkpoint,
                          set_rng_state)
+from .codec_data import LazyAudioWindows
 from .config import ConfigError, _opt, build_parser, changed_settings, resolve_dataclass_config
 from .distributed import DistInfo, StopFlag, agree_any, all_reduce_sum, gather_objects
 from .gan_losses import mel_loss
@@ -266,37 +266,6 @@ def load_clips(root: str, sample_rate: int, warn: Callable[[str], None], flag: s
     return clips
 
 
-class AudioWindows:
-    """Every file of a folder (or a code cache's audio), mono at the model's rate, in memory; random
-    windows from a seeded generator (its state is the data position of a checkpoint). A file is
-    drawn with probability proportional to its length, so every second of audio weighs the same."""
-
-    def __init__(self, root: str, sample_rate: int, window: int, seed: int, rank: int = 0,
-                 warn: Callable[[str], None] = print):
-        self.window = window
-        self.clips = load_clips(root, sample_rate, warn)
-        self.lengths = torch.tensor([len(c) for c in self.clips], dtype=torch.float64)
-        self.seconds = float(self.lengths.sum()) / sample_rate
-        self.generator = torch.Generator().manual_seed(seed * 7919 + rank)  # a stream per rank
-
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> audio, mask: (batch, 1, window) each; mask 1 on real samples, 0 on the padded tail."""
-        picks = torch.multinomial(self.lengths, batch, replacement=True, generator=self.generator)
-        audio, mask = torch.zeros(batch, 1, self.window), torch.zeros(batch, 1, self.window)
-        for i, k in enumerate(picks.tolist()):
-            clip = self.clips[k]
-            start = int(torch.randint(0, max(len(clip) - self.window, 0) + 1, (1,), generator=self.generator))
-            piece = clip[start:start + self.window]
-            audio[i, 0, :len(piece)], mask[i, 0, :len(piece)] = piece, 1.0
-        return audio, mask
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
 class CodecForward(nn.Module):
     """The training forward as one module (what DDP wraps): (B, 1, T) with T a pad multiple ->
     (pred (B, 1, T), codes, commitment (B,), codebook (B,), latent z (B, D, T / hop) detached)."""
@@ -419,7 +388,7 @@ class CodecRun:
     model: SNAC
     optimizer: torch.optim.Optimizer
     adversary: Adversary | None
-    data: AudioWindows
+    data: LazyAudioWindows
     health: CodebookHealth
     dist_info: DistInfo
     out: Path
@@ -465,9 +434,10 @@ class CodecRun:
             set_rng_state(ckpt["rng"][rank])
             self.data.load_state_dict(ckpt["data"][rank])
         else:
-            warn(f"world size {len(ckpt['rng'])} -> {world}: new random streams from --seed and the iteration")
+            warn(f"world size {len(ckpt['rng'])} -> {world}: new random streams from --seed and the iteration; "
+                 "the window stream continues")
             torch.manual_seed(self.cfg.seed + rank + self.iteration)
-            self.data.generator.manual_seed(self.cfg.seed * 7919 + rank + self.iteration)
+            self.data.load_state_dict(ckpt["data"][0])  # one global stream position: the same on every rank
 
     def save(self, names: list[str], log: RunLog) -> None:
         ckpt = self.state_dict()
@@ -518,9 +488,10 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=GEN_BETAS, weight_decay=cfg.weight_decay)
     window = window_samples(model, cfg.segment_length)
-    data = AudioWindows(cfg.audio_dir, rate, window, cfg.seed, dist_info.rank, warn=log.line)
+    data = LazyAudioWindows(cfg.audio_dir, rate, window, cfg.seed, dist_info.rank, dist_info.world_size,
+                            warn=log.line)
     val_clips = load_clips(cfg.val_dir, rate, log.line, "--val_dir", cfg.val_seconds) if cfg.val_dir else None
-    epoch_its = max(1, math.ceil(float(data.lengths.sum()) / (window * cfg.batch_size * dist_info.world_size)))
+    epoch_its = data.epoch_steps(cfg.batch_size)
     run = CodecRun(cfg, model, optimizer, adversary, data, CodebookHealth(model, cfg.seed), dist_info, out)
     step_model: nn.Module = CodecForward(model)
     if dist_info.enabled:
@@ -546,8 +517,8 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
             log.line(f"no checkpoint in {out}: starting fresh")
         torch.manual_seed(cfg.seed + dist_info.rank)  # the model noise differs between ranks
     log.line(f"codec {count(params)} parameters at {rate} Hz (hop {model.hop_length}, strides {model.vq_strides}, "
-             f"{len(model.vq_strides)} x {model.config['codebook_size']} codes); {len(data.clips)} files, "
-             f"{data.seconds:.1f} s of audio; windows {window} samples ({window / rate:.3f} s) x {cfg.batch_size} "
+             f"{len(model.vq_strides)} x {model.config['codebook_size']} codes); {data.num_files} files, "
+             f"{data.seconds:.1f} s of audio ({data.num_windows} windows); windows {window} samples ({window / rate:.3f} s) x {cfg.batch_size} "
              f"x {dist_info.world_size}; {cfg.max_steps} iterations, {epoch_its} an epoch; "
              f"threads {torch.get_num_threads()}")
     if val_clips is not None:
