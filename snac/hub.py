@@ -152,6 +152,11 @@ def resolve_pretrained(id_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[dict
                                     f"{CONFIG_NAME} plus one of {', '.join(WEIGHT_NAMES)}")
         weights = next((str(path / n) for n in WEIGHT_NAMES if (path / n).is_file()), None)
         if weights is None:
+            checkpoints = checkpoint_files(path)
+            if checkpoints:  # a training run directory: its config.json holds the flags, not a model
+                raise FileNotFoundError(f"{path} is a training run directory, not a model directory: pass one of "
+                                        f"its checkpoints, {', '.join(str(path / c) for c in checkpoints[:3])}"
+                                        + (f" ({len(checkpoints) - 3} more)" if len(checkpoints) > 3 else ""))
             raise FileNotFoundError(f"{path} has {CONFIG_NAME} but no weights: expected one of "
                                     f"{', '.join(WEIGHT_NAMES)}")
     elif path.exists():
@@ -172,6 +177,13 @@ def resolve_pretrained(id_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[dict
     with open(config_file) as f:
         config = json.load(f)
     return config, weights
+
+
+def checkpoint_files(directory: Path) -> list[str]:
+    """The training checkpoints (*.pt) a directory holds: best_model.pt, latest.pt first, then the newest."""
+    names = sorted((p.name for p in directory.glob("*.pt")), key=lambda n: (n != "best_model.pt", n != "latest.pt",
+                                                                            -(directory / n).stat().st_mtime))
+    return names
 
 
 def resolve_extra_file(id_or_dir: str | os.PathLike, filename: str, **hub_kwargs) -> str | None:
