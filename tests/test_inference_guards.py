@@ -9,22 +9,18 @@ import pytest
 import torch
 
 from snac import SNAC, SNAC48
+from snac.model import SNACEncoder
 from snac.cache.format import weights_fingerprint
 from snac.infer import load_codes, save_codes
 from snac.presets import TINY_24KHZ
-from test_inference_errors import _codes, _wav, inference
+from test_inference_errors import _codes, _wav, inference, m48  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """A 48 kHz export holding its base encoder, and another base of the same config (other weights)."""
-    root = tmp_path_factory.mktemp("guards")
-    torch.manual_seed(0)
-    base = SNAC(**TINY_24KHZ)
-    SNAC48.from_snac(base).save_pretrained(root / "m48", base=base)
+def pair(m48):  # noqa: F811
+    """The 48 kHz export (it holds its base encoder), that base, and a base of the same config with other weights."""
     torch.manual_seed(1)
-    other = SNAC(**TINY_24KHZ)
-    return root, base, other
+    return m48.parent, SNACEncoder.from_pretrained(m48), SNAC(**TINY_24KHZ)
 
 
 def _decode(checkpoint, codes_file, out, *extra):
