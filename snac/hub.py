@@ -20,7 +20,7 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,12 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """A safetensors file written like every other file (mode from the process umask): safetensors'
+    own save_file creates it 0600, unreadable to the other users of a shared machine."""
+    Path(path).write_bytes(safetensors_bytes(tensors))
+
+
 def save_pretrained_files(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor],
                           torch_copy: bool = False) -> None:
     """Write config.json and model.safetensors; with ``torch_copy`` also pytorch_model.bin (the file
@@ -226,7 +232,7 @@ def save_pretrained_files(directory: str | os.PathLike, config: dict, state_dict
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(directory / SAFETENSORS_NAME))
+    save_tensors(tensors, directory / SAFETENSORS_NAME)
     if torch_copy:
         torch.save(tensors, directory / TORCH_WEIGHTS_NAME)
     with open(directory / CONFIG_NAME, "w") as f:
