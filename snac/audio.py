@@ -62,6 +62,16 @@ class AudioInfo(NamedTuple):
     channels: int
 
 
+def format_duration(seconds: float) -> str:
+    """An amount of audio a person can read at any scale: '3.2 s', '12.5 min', '1.25 h' (a tiny run
+    is not '0.000 h')."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 def _first_line(e: BaseException, path: str | os.PathLike | None = None) -> str:
     """The error's first line; without ``path`` in it (the message that quotes it names it already:
     soundfile's "Error opening '<path>': ..." becomes "Error opening: ...")."""

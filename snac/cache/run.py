@@ -22,7 +22,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..audio import AUDIO_EXTENSIONS, AudioError
+from ..audio import AUDIO_EXTENSIONS, AudioError, format_duration
 from ..compiling import CompileCounter, compile_method_
 from ..fileio import write_json_atomic
 from .config import CacheConfig, default_io_threads, parse_devices, worker_cpus
@@ -313,7 +313,7 @@ class _Progress:
         el = time.monotonic() - self.start
         rate = t["seconds"] / el if el > 0 else 0.0
         frac = t["files"] / self.total_files if self.total_files else 1.0
-        audio = f"{t['seconds'] / 3600:.3f} h of audio"
+        audio = f"{format_duration(t['seconds'])} of audio"
         work = frac
         if self.planned():
             work = t["planned_done"] / t["planned_seconds"]
@@ -608,8 +608,8 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             build_index(out)
         rej = manifest["rejected"]
         say(f"summary: {manifest['rows']:,} rows in {len(manifest['shards'])} shards, "
-            f"{manifest['hours']:.3f} h of audio; this run cached {sum(r.get('rows', 0) for r in results.values()):,} "
-            f"files ({encoded_seconds / 3600:.3f} h) at {encoded_seconds / max(elapsed, 1e-9):.1f} audio-s/s "
+            f"{format_duration(manifest['hours'] * 3600)} of audio; this run cached "
+            f"{sum(r.get('rows', 0) for r in results.values()):,} files ({format_duration(encoded_seconds)}) at {encoded_seconds / max(elapsed, 1e-9):.1f} audio-s/s "
             f"in {datetime.timedelta(seconds=int(elapsed))}"
             + (f" ({batches:,} encoder batches, mean fill {100 * batch_fill:.0f}%)" if batches else "")
             + (f"; torch.compile: {graphs} encoder graph(s) compiled in {len(results)} worker(s)"
