@@ -28,15 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("quality_check", REPO / "scripts" / "quality_check.py")
 qc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(qc)
-
-
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-    """Stages installs SIGTERM/SIGINT handlers in this process: put pytest's back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("restore_signal_handlers")  # Stages installs handlers
 
 
 @pytest.fixture
