@@ -175,3 +175,78 @@ def test_quality_check_refuses_to_evaluate_when_the_cache_rejected_every_val_fil
     with pytest.raises(SystemExit, match="the cache rejected every file of --val_dir .*1 file skipped: rejected"):
         qc.evaluate(qc.Stages(tmp_path / "out", args), args, root / "base",
                     {r: root / "m48" for r in ("seed_recipe", "adversarial_recipe")}, tmp_path / "cache_val")
+
+
+# ---- the cache's own small guards ----
+
+def test_cache_config_file_list_and_partition_guards(tmp_path):
+    from snac.cache import CacheConfig
+    from snac.cache.encode import partition, read_file_list
+
+    with pytest.raises(ValueError, match="--io_threads must be >= 1, got 0"):
+        CacheConfig(input_dir="x", output_dir="y", io_threads=0).validate()
+    (tmp_path / "list.txt").write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="names no files; put one audio path per line"):
+        read_file_list(tmp_path / "list.txt")
+    with pytest.raises(ValueError, match=r"worker index 2 outside \[0, 2\)"):
+        partition([1, 2, 3], 2, 2)
+
+
+def test_cache_format_guards(models, tmp_path):
+    from snac.cache.format import read_manifest, weights_fingerprint
+
+    _, _, m48 = models
+    with pytest.raises(ValueError, match="has no encoder./quantizer. tensors to fingerprint"):
+        weights_fingerprint(m48.head)  # a module without the encoder and quantizer
+    (tmp_path / "c").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no manifest.json: it is not a finished code cache"):
+        read_manifest(tmp_path / "c")
+
+
+def test_reader_names_a_missing_source_file(models, tmp_path):
+    _, base, _ = models
+    write_synthetic_cache(tmp_path / "c", 2, base.config, model=base)  # rows point at audio that is not there
+    cache = CodeCache(tmp_path / "c", expected_model=base)
+    with pytest.raises(FileNotFoundError, match="source audio .* of cache row 0 is missing; pass audio_root="):
+        cache.audio(0)
+
+
+# ---- inference's helpers ----
+
+def test_a_gpu_index_beyond_the_visible_ones_is_refused(monkeypatch):
+    from snac.infer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"--device 3: only 1 GPU\(s\) visible"):
+        resolve_device("3")
+
+
+def test_codes_of_more_than_one_item_are_refused(models):
+    from snac.infer import check_codes
+
+    _, base, _ = models
+    with pytest.raises(ValueError, match=r"expected codes of one item: 1-D tensors or \(1, T_i\), got shape \(2, 4\)"):
+        check_codes(base, [torch.zeros(2, 4, dtype=torch.long)] * 3)
+
+
+def test_a_hub_repo_without_config_is_named(monkeypatch):
+    import snac.hub
+
+    monkeypatch.setattr(snac.hub, "_hub_download", lambda repo, name, **kw: None)  # reachable, file absent
+    monkeypatch.setattr(snac.hub, "hub_unreachable", lambda: None)
+    with pytest.raises(FileNotFoundError, match="hub repo someone/empty lacks config.json or weights"):
+        resolve_pretrained("someone/empty")
+
+
+def test_quality_check_stage_failure_shows_the_log_tail(tmp_path):
+    qc = _script("scripts/quality_check.py")
+    for name in ("train", "val", "out"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "fail.py").write_text("print('the last words'); raise SystemExit(3)")
+    args = qc.parse_args(["--train_dir", str(tmp_path / "train"), "--val_dir", str(tmp_path / "val"),
+                          "--output_dir", str(tmp_path / "out")])
+    st = qc.Stages(tmp_path / "out", args)
+    with pytest.raises(SystemExit, match=r"(?s)stage 'cache_val' failed \(exit 3\) .*the last words"):
+        st.run("cache", [tmp_path / "fail.py"], step="cache_val")
+    assert st.record["attempts"]["cache"][0]["end"] == "failed (exit 3)"
