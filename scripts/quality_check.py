@@ -325,9 +325,10 @@ def stage_finetune(st: Stages, args: argparse.Namespace, base: Path, caches: dic
         status_file = runs[recipe] / "status.json"
         status = json.loads(status_file.read_text()) if status_file.is_file() else {}
         if status.get("state") != "finished":  # e.g. the trainer's own PID got a SIGTERM: it saved and exited 0
-            st.record["attempts"][recipe][-1]["end"] = f"trainer {status.get('state', 'left no status.json')}"
+            state = status.get("state", "leaving no status")
+            st.record["attempts"][recipe][-1]["end"] = f"trainer {state}"
             st.save()
-            raise SystemExit(f"error: stage '{recipe}' ended with its trainer {status.get('state', 'leaving no status')}"
+            raise SystemExit(f"error: stage '{recipe}' ended with its trainer {state}"
                              f" at iteration {status.get('iteration', '?')}, not finished (see {status_file}); "
                              "rerun the same command to resume it")
         if steps is not None and status["iteration"] != steps:
@@ -440,7 +441,8 @@ def markdown(results: dict) -> str:
                   f"codes shuffled in time ({gain:.0f}% lower with the real order: the codes carry information"
                   f"{'' if gain >= 30 else ' only weakly'}), {init:.3f} at random initialisation.", "",
               "Stage wall times: " + ", ".join(
-                  f"{k} {v['seconds'] / 60:.1f} min" + (f" ({len(v['attempts'])} runs)" if len(v["attempts"]) > 1 else "")
+                  f"{k} {v['seconds'] / 60:.1f} min"
+                  + (f" ({len(v['attempts'])} runs)" if len(v["attempts"]) > 1 else "")
                   for k, v in results["stages"].items()) + "."]
     if results["skipped"]:
         lines += ["", f"Not evaluated: {skipped_note(results['skipped'])}."]

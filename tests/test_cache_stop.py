@@ -58,3 +58,29 @@ def test_a_real_cache_process_signalled_after_startup_exits_1_not_killed(audio_a
     rest = proc.stdout.read()
     assert proc.wait(timeout=120) == 1, rest
     assert "INCOMPLETE: interrupted" in rest
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (SigCgt in /proc/PID/status)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.slow
+def test_a_real_cache_process_signalled_while_importing_exits_1_not_killed(audio_and_model, tmp_path):
+    """SIGTERM as soon as the process catches it: with the script's early handler that is before numpy
+    and the cache package are imported (the run's own handler comes seconds later)."""
+    audio, model = audio_and_model
+    proc = subprocess.Popen([sys.executable, str(REPO / "cache_codes_multigpu.py"), "--input_dir", str(audio),
+                             "--output_dir", str(tmp_path / "cache"), "--pretrained_model", str(model),
+                             "--devices", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    while not catches(proc.pid, signal.SIGTERM):
+        assert proc.poll() is None
+    imported = "numpy" in open(f"/proc/{proc.pid}/maps").read()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 1, out
+    assert not imported and "stopped by SIGTERM before encoding started: no worker started" in out

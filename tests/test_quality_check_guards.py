@@ -57,7 +57,8 @@ def fake_trainer(tmp_path: Path, states: dict[str, list[str]]) -> Path:
         "run = pathlib.Path(sys.argv[1]); run.mkdir(parents=True, exist_ok=True)\n"
         "n = len(list(run.glob('attempt-*'))); (run / f'attempt-{n}').touch(); time.sleep(0.2)\n"
         f"state = {states!r}[run.name][n]\n"
-        "(run / 'status.json').write_text(json.dumps({'state': state, 'iteration': 3 if state == 'finished' else 2}))\n")
+        "iteration = 3 if state == 'finished' else 2\n"
+        "(run / 'status.json').write_text(json.dumps({'state': state, 'iteration': iteration}))\n")
     return script
 
 

@@ -403,12 +403,14 @@ class _StopRequest:
     (no worker is started, the run ends saying so); after, the workers are asked to write their buffers
     and stop. Without it a signal during the model load or the resume scan killed the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, early_signals: list[int] | None = None) -> None:
         self.signum: int | None = None
         self.procs: dict = {}
         self.old = {}
         if threading.current_thread() is threading.main_thread():
             self.old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if early_signals:  # caught by the script's own handler before this one was installed
+            self.signum = early_signals[0]
 
     def _on_signal(self, signum, frame) -> None:
         self.signum = signum
@@ -421,11 +423,13 @@ class _StopRequest:
             signal.signal(s, h)
 
 
-def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
+def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None,
+                early_signals: list[int] | None = None) -> int:
     """Cache every input file's codes into ``cfg.output_dir``; returns the exit status (0 = all
     workers finished). Under torchrun (WORLD_SIZE > 1) each rank runs its slots on GPU LOCAL_RANK
-    and rank 0 writes the manifest after every rank has finished."""
-    stop = _StopRequest()
+    and rank 0 writes the manifest after every rank has finished. ``early_signals``: signals a script
+    caught before the run started (while importing torch): the run stops as soon as it can."""
+    stop = _StopRequest(early_signals)
     try:
         return _run_caching(cfg, crash_after_shards, stop)
     finally:
