@@ -17,9 +17,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 
-from snac.cache import CacheConfig, run_caching
+# a stop asked while torch is imported (seconds) is kept, and the run honours it once it can (no worker
+# starts); without this the default action killed the process (exit -15) before anything could be said
+EARLY_SIGNALS: list[int] = []
+if __name__ == "__main__":
+    for _signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signum, lambda signum, frame: EARLY_SIGNALS.append(signum))
+
+from snac.cache import CacheConfig, run_caching  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     crash = args.pop("_crash_after_shards")
     cfg = CacheConfig(**args)
     try:
-        return run_caching(cfg, crash_after_shards=crash)
+        return run_caching(cfg, crash_after_shards=crash, early_signals=EARLY_SIGNALS)
     except (ValueError, FileNotFoundError, RuntimeError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,9 @@ from tqdm import tqdm
 from snac import SNAC
 from snac.audio import AUDIO_EXTENSIONS, audio_info, iter_resampled_blocks
 from snac.compiling import BACKEND_HELP, BACKENDS, TF32_HELP, CompileCounter, compile_method_, conv_precision
-from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_blocks, iter_decode,
-                        load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
+from snac.cache.format import weights_fingerprint
+from snac.infer import (CODES_SUFFIX, codec_config, config_difference, encode_blocks, expected_codes_fingerprint,
+                        iter_decode, load_codec_pair, load_codes, resolve_device, same_codec, save_codes)
 from snac.layers import fold_weight_norm
 from snac.presets import DEFAULT_BASE
 from snac.stream import stream_to_wav
@@ -60,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"also write the codes next to each output as <name>{CODES_SUFFIX}")
     p.add_argument("--from_codes", action="store_true",
                    help=f"the input is {CODES_SUFFIX} file(s) written by --save_codes: decode them")
+    p.add_argument("--allow_other_weights", action="store_true",
+                   help="with --from_codes: decode codes whose recorded encoder+quantizer weights fingerprint "
+                        "differs from this model's base (codes of another model of the same config: they "
+                        "decode to something else)")
     p.add_argument("--compare", action="store_true",
                    help="also write the stock base-model decode of the same codes as <name>.stock_<rate>.wav")
     p.add_argument("--chunk_seconds", type=float, default=30.0,
@@ -108,16 +114,19 @@ def output_stem(path: Path) -> str:
 def write_stream(path: Path, chunks, rate: int, length: int, subtype: str) -> None:
     """Write the first ``length`` samples of a chunk stream (zero-padded if it runs short)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.wav")
+    tmp = path.with_name(path.name + ".partial")  # not an audio suffix: a later run over the folder skips it
     written = 0
-    with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format="WAV") as f:
-        for chunk in chunks:
-            take = chunk[:max(0, length - written)]
-            f.write(np.clip(take, -1.0, 1.0))
-            written += len(take)
-        if written < length:
-            f.write(np.zeros(length - written, dtype=np.float32))
-    tmp.replace(path)
+    try:
+        with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format="WAV") as f:
+            for chunk in chunks:
+                take = chunk[:max(0, length - written)]
+                f.write(np.clip(take, -1.0, 1.0))
+                written += len(take)
+            if written < length:
+                f.write(np.zeros(length - written, dtype=np.float32))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed decode leaves nothing behind
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
-def plan_jobs(src: Path, dst: Path, from_codes: bool) -> list[tuple[Path, Path]]:
+def plan_jobs(src: Path, output: str, from_codes: bool) -> list[tuple[Path, Path]]:
     """(input, output wav) pairs; every mistake in --input/--output is refused here, before any model
-    is loaded."""
+    is loaded. ``output`` as typed: a trailing slash names a folder."""
+    dst = Path(output)
     if not src.exists():
         raise SystemExit(f"error: --input {src} does not exist")
     if src.is_dir():
@@ -144,9 +154,12 @@ def plan_jobs(src: Path, dst: Path, from_codes: bool) -> list[tuple[Path, Path]]
         return [(f, dst / f.relative_to(src).parent / f"{output_stem(f)}.wav") for f in files]
     if from_codes and not src.name.endswith(CODES_SUFFIX):
         raise SystemExit(f"error: --from_codes expects a {CODES_SUFFIX} file, got {src}")
+    if output.endswith(("/", os.sep)) and not dst.exists():  # 'decoded_dir/': a folder, made for the user
+        dst.mkdir(parents=True)
     out = dst / f"{output_stem(src)}.wav" if dst.is_dir() else dst
     if out.suffix.lower() != ".wav":
-        raise SystemExit(f"error: --output {dst} must end in .wav (or be an existing folder)")
+        raise SystemExit(f"error: --output {dst} must end in .wav (or be a folder: an existing one, or a name "
+                         "ending in /)")
     return [(src, out)]
 
 
@@ -159,7 +172,7 @@ def _main(argv: list[str] | None) -> int:
         raise SystemExit(f"error: {e}") from e
     chunk = args.chunk_seconds or None
     src, dst = Path(args.input), Path(args.output)
-    jobs = plan_jobs(src, dst, args.from_codes)
+    jobs = plan_jobs(src, args.output, args.from_codes)
 
     # ---- models ----
     try:
@@ -168,6 +181,16 @@ def _main(argv: list[str] | None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from e
     codec = codec_config(model)
+    fingerprint = None  # of the encoder + quantizer whose codes this model decodes
+    if args.from_codes:
+        fingerprint = expected_codes_fingerprint(args.checkpoint, model, base)
+        if fingerprint is None:
+            print(f"note: {args.checkpoint} does not tell which base weights it decodes: the codes files' weights "
+                  "are not checked (their codec config is)", file=sys.stderr)
+    # recorded in --save_codes files (before weight norm is folded: the cache's fingerprint), so a decode
+    # with other weights of the same config is refused
+    own_encoder = model if isinstance(model, SNAC) else base
+    encoder_fingerprint = weights_fingerprint(own_encoder) if own_encoder is not None and args.save_codes else None
     if isinstance(model, SNAC):
         print(f"{args.checkpoint} holds a plain SNAC: encoding and decoding at its own {model.sampling_rate} Hz")
     if base is not None:
@@ -196,10 +219,16 @@ def _main(argv: list[str] | None) -> int:
                     if "model_config" in meta and not same_codec(meta["model_config"], codec):
                         raise ValueError(f"codes were made by another codec "
                                          f"({config_difference(meta['model_config'], codec)})")
+                    made_by = meta.get("weights_fingerprint")
+                    if made_by and fingerprint and made_by != fingerprint and not args.allow_other_weights:
+                        raise ValueError(f"codes were made by other weights of the same codec config (encoder+"
+                                         f"quantizer fingerprint {made_by[:12]} vs {fingerprint[:12]} for this "
+                                         "model): decode them with the model that made them, or pass "
+                                         "--allow_other_weights")
                     src_rate, src_len = meta["source_sample_rate"], meta["source_num_samples"]
                 else:
                     info = audio_info(path)
-                    src_rate, src_len = info.sample_rate, info.frames
+                    src_rate, src_len, made_by = info.sample_rate, info.frames, encoder_fingerprint
                     # read, downmix and resample block by block: host memory flat in the file's length
                     blocks = iter_resampled_blocks(path, codec_rate, chunk or READ_BLOCK_SECONDS, mono=True)
                     codes = encode_blocks(encoder, blocks, chunk, device=device)
@@ -212,7 +241,8 @@ def _main(argv: list[str] | None) -> int:
                                                   precision=args.precision), out_rate, length, args.subtype)
                 if args.save_codes:
                     save_codes(out.with_name(output_stem(out) + CODES_SUFFIX), codes,
-                               {"model_config": codec, "source_sample_rate": src_rate,
+                               {"model_config": codec, "weights_fingerprint": made_by,
+                                "source_sample_rate": src_rate,
                                 "source_num_samples": src_len, "source": str(path)})
                 if args.compare:  # same per-chunk seeds: the shared trunk draws the same noise
                     stock_len = math.ceil(src_len * base.sampling_rate / src_rate)
@@ -223,12 +253,13 @@ def _main(argv: list[str] | None) -> int:
                 seconds += src_len / src_rate
             except Exception as e:  # one bad file must not stop a folder run; say which and why
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                msg = msg.removeprefix(f"{path}: ")  # AudioError names the file already
                 failures.append(f"{path}: {msg}")
                 tqdm.write(f"failed: {path}: {msg}", file=sys.stderr)
     elapsed = time.time() - start
     done = len(jobs) - len(failures)
-    print(f"decoded {done}/{len(jobs)} file(s), {seconds:.1f} s of audio in {elapsed:.1f} s "
-          f"({seconds / max(elapsed, 1e-9):.1f}x real time) at {out_rate} Hz -> {dst}")
+    print(f"decoded {done}/{len(jobs)} file(s), {seconds:.3g} s of audio in {elapsed:.3g} s "
+          f"({seconds / max(elapsed, 1e-9):.3g}x real time) at {out_rate} Hz -> {dst}")
     for counter in compilers:
         print(counter.summary())
     if failures:

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -147,14 +148,14 @@ class Steps:
     def run(self, name: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
         """Run one real script with this interpreter; its output goes to logs/<name>.log."""
         cmd = [sys.executable, *map(str, args)]
-        shown = " ".join(str(a) for a in args)
-        print(f"\n[{len(self.times) + 1}] {name}\n    $ python {shown}", flush=True)
+        shown = shlex.join(["python", *map(str, args)])  # pastable: a path with a space stays one word
+        print(f"\n[{len(self.times) + 1}] {name}\n    $ {shown}", flush=True)
         t = time.time()
         proc = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True)
         elapsed = time.time() - t
         self.times.append((name, elapsed))
         log = self.log_dir / f"{len(self.times):02d}_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.log"
-        log.write_text(f"$ {' '.join(cmd)}\n\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+        log.write_text(f"$ {shlex.join(cmd)}\n\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
         print(f"    {elapsed:.1f} s, log {log}", flush=True)
         if check and proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     events.sort(key=lambda e: lines.index(e[1]) if e[1] in lines else len(lines))
     for label, line, missing in events:
         print(f"  {label + ':':<19} {line or missing}")
-    print("\nstatus screen (./train_status.sh " + str(run) + "):")
+    print(f"\nstatus screen ({shlex.join(['./train_status.sh', str(run)])}):")
     print("\n".join("  " + line for line in status_screen.split("\n\n", 1)[1].split("--- stderr")[0].strip().splitlines()))
     print("\n" + (report / "report.md").read_text().split("## Spectrograms")[0].strip())
     if kind == "random":
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("training config", config_path), ("run directory", run),
                         ("  training log", log), ("  metrics", run / "metrics.jsonl"),
                         ("  loss curves", run / "loss_curves.png"), ("  best model", best),
-                        ("  TensorBoard", f"uv run tensorboard --logdir {run}"),
+                        ("  TensorBoard", shlex.join(["uv", "run", "tensorboard", "--logdir", str(run)])),
                         ("decoded 48 kHz wavs (+ .stock_24khz.wav, .codes.npz)", decoded),
                         ("exported model (SNAC48.from_pretrained)", export),
                         ("evaluation report", report / "report.md"), ("  metrics JSON", report / "metrics.json"),

@@ -34,7 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snac import SNAC  # noqa: E402
 from snac.audio import AUDIO_EXTENSIONS  # noqa: E402
-from snac.evaluation import evaluate_systems, find_eval_files, scored_band  # noqa: E402,F401 (scored_band: tests)
+from snac.evaluation import evaluate_systems, find_eval_files, scored_band, skipped_note  # noqa: E402,F401 (scored_band: tests)
 from snac.hub import load_model  # noqa: E402
 from snac.infer import load_codec_pair, resolve_device  # noqa: E402
 from snac.metrics import optional_metrics_available  # noqa: E402
@@ -168,8 +168,12 @@ def _main(argv: list[str] | None) -> int:
                               max_seconds=args.max_seconds, chunk_seconds=args.chunk_seconds or None,
                               seed=args.seed, device=device, optional=use_optional,
                               spectrograms=args.spectrograms, out_dir=out, progress=tqdm)
+    if len(result["skipped"]) == len(files):
+        raise SystemExit(f"error: no file of --input_dir {root} can be scored: {skipped_note(result['skipped'])}")
     rows, pngs, failures, seconds = result["rows"], result["spectrograms"], result["failures"], result["seconds"]
     upsampled, clipped, notes = result["upsampled"], result["clipped"], []
+    if result["skipped"]:  # left out of every metric: a distance to silence or to a few samples means nothing
+        notes.append(skipped_note(result["skipped"]) + ": left out of every metric.")
     no_band = result["no_band"] - result["band_empty"]  # by rate; band_empty: by content
     if upsampled:
         notes.append(f"{upsampled} file(s) had a rate below {rate} Hz and were upsampled for the reference.")
@@ -182,7 +186,7 @@ def _main(argv: list[str] | None) -> int:
     if clipped:
         notes.append(f"{clipped} file(s) have a Nyquist below {high:.0f} Hz: their band distance stops there "
                      "(per-file bands in metrics.json).")
-    notes += failure_notes(failures, {name: len(files) for name in systems})
+    notes += failure_notes(failures, result["counts"])
     if not use_optional:
         why = "--no_optional" if args.no_optional else "packages pesq/pystoi not installed (uv sync --extra eval)"
         notes.append(f"PESQ-WB and STOI skipped: {why}.")
@@ -194,7 +198,8 @@ def _main(argv: list[str] | None) -> int:
     report = {
         "settings": {"input_dir": str(root), "checkpoint": args.checkpoint, "base_model": base_spec,
                      "sample_rate": rate, "band_hz": [low, high], "band_label": f"{low / 1000:g}-{high / 1000:g} kHz",
-                     "files": len(files), "seconds": seconds, "seed": args.seed, "max_seconds": args.max_seconds,
+                     "files": len(files) - len(result["skipped"]), "skipped": result["skipped"],
+                     "seconds": seconds, "seed": args.seed, "max_seconds": args.max_seconds,
                      "silence_db": args.silence_db,
                      "elapsed_s": time.time() - start},
         "mean": {name: {k: result["mean"][name].get(k) for k in metric_keys} for name in systems},
@@ -202,7 +207,7 @@ def _main(argv: list[str] | None) -> int:
         "failures": {name: {k: len(v) for k, v in per.items()} for name, per in failures.items()},
         "notes": notes, "spectrograms": pngs, "files": rows,
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")  # strict: null, no NaN
     (out / "report.md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {out / 'report.md'}, {out / 'metrics.json'} and {len(pngs)} spectrogram(s) in {out / 'spectrograms'}")

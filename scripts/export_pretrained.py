@@ -111,6 +111,15 @@ def fmt(value, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and value is not None else "n/a"
 
 
+def card_name(spec: str) -> str:
+    """A base as a published card shows it: a hub id as it is; a local path relative to the working
+    directory when it lies under it, else the folder's name (no absolute path of this machine)."""
+    if looks_like_hub_id(spec) or not Path(spec).exists():
+        return spec
+    path = Path(spec).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else path.name
+
+
 def model_card(ckpt: dict, model, hours: dict, val: dict | None, checkpoint: Path, base: str) -> str:
     config = ckpt.get("config") or {}
     rate = model.sampling_rate
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         model.save_pretrained(out, base=base, base_name=base_name)
     else:
         model.save_pretrained(out)
-    (out / "README.md").write_text(model_card(ckpt, model, hours, val, checkpoint, base_name))
+    (out / "README.md").write_text(model_card(ckpt, model, hours, val, checkpoint, card_name(base_name)))
 
     # verify: the directory loads with the matching class and holds exactly the checkpoint's tensors
     cls = SNAC48 if isinstance(model, SNAC48) else SNAC

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the repo
 
-from snac.audio import AudioError, audio_info  # noqa: E402
+from snac.audio import AudioError, audio_info, format_duration  # noqa: E402
 from snac.cache.encode import find_audio_files  # noqa: E402
 
 SPLITS = ("train", "val")
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                "train_hours": round(train_h, 4), "val_hours": round(val_h, 4),
                "unreadable_headers": len(bad_train) + len(bad_val)}
     (out / "split.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"train: {len(train):,} files, {train_h:.3f} h -> {out / 'train'}")
-    print(f"val:   {len(val):,} files, {val_h:.3f} h -> {out / 'val'}")
+    print(f"train: {len(train):,} files, {format_duration(train_h * 3600)} -> {out / 'train'}")
+    print(f"val:   {len(val):,} files, {format_duration(val_h * 3600)} -> {out / 'val'}")
     if bad_train or bad_val:
         print(f"note: {len(bad_train) + len(bad_val)} files have unreadable headers (the cache step will "
               f"list them as rejected), e.g. {(bad_train + bad_val)[0]}")

@@ -26,14 +26,18 @@ Stages, each the real script run as a subprocess (its output in OUTPUT_DIR/logs/
 Writes OUTPUT_DIR/results.json, results.md (the table, also printed), spectrograms/ (the first three
 val files, every system), audio/<system>/<relative path>.wav (every system's 48 kHz decode) and
 base_model/ (SNAC.from_pretrained). A rerun of the same command skips the stages already done
-(stages.json); another command on the same OUTPUT_DIR is refused (pass a new one, or --overwrite).
+(stages.json, written first: every attempt's time, the settings); other settings on an OUTPUT_DIR with
+finished stages are refused, naming the setting (pass a new one; --overwrite deletes them); a second
+check on a folder in use is refused with the PID of the one running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -126,22 +130,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ================================================================================ stages
+PATH_SETTINGS = ("train_dir", "val_dir", "output_dir", "codes_from", "base_model", "base_config")
+
+
+def normalised(settings: dict) -> dict:
+    """Settings with every path spelled one way (absolute, no trailing slash), so `runs/q/` and
+    `/abs/runs/q` are the same setting; a hub id or preset name is left as it is."""
+    out = dict(settings)
+    for key in PATH_SETTINGS:
+        value = out.get(key)
+        if value is not None and (key.endswith("_dir") or key == "codes_from" or Path(value).exists()):
+            out[key] = str(Path(value).resolve())
+    return out
+
+
 class Stages:
-    """Run the stages as subprocesses, time them, and remember the finished ones (stages.json)."""
+    """Run the stages as subprocesses, time every attempt, and remember the finished ones (stages.json,
+    written before the first stage runs so a stopped or failed folder is recognised by a rerun)."""
 
     def __init__(self, out: Path, args: argparse.Namespace):
         self.out, self.logs = out, out / "logs"
-        self.settings = {k: v for k, v in vars(args).items() if k not in ("overwrite", "band_hz")}
+        self.settings = normalised({k: v for k, v in vars(args).items() if k not in ("overwrite", "band_hz")})
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
-        self.record = {"settings": self.settings, "stages": {}}
+        self.record = {"settings": self.settings, "stages": {}, "attempts": {}}
         path = out / MARKER
         if path.is_file():
             earlier = json.loads(path.read_text())
-            if earlier.get("settings") != self.settings:
-                raise SystemExit(f"error: {out} holds a quality check of other settings; pass a new --output_dir "
-                                 "or --overwrite")
-            self.record = earlier
+            differ = [k for k in sorted(set(self.settings) | set(earlier.get("settings", {})))
+                      if normalised(earlier.get("settings", {})).get(k) != self.settings.get(k)]
+            if differ and earlier.get("stages"):
+                raise SystemExit(
+                    f"error: {out} holds a quality check with other settings ("
+                    + "; ".join(f"--{k} {earlier['settings'].get(k)} there, {self.settings.get(k)} now" for k in differ)
+                    + f"); its finished stages ({', '.join(earlier['stages'])}) are kept: rerun with the same "
+                    "settings, or pass a new --output_dir")
+            if differ:  # nothing finished yet: nothing is lost by taking the new settings
+                print(f"{out}: no stage finished yet; settings changed ({', '.join(differ)}): starting over",
+                      flush=True)
+            else:
+                self.record = {**earlier, "settings": self.settings}
+                self.record.setdefault("attempts", {})
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.save()
         self.child: subprocess.Popen | None = None
         self.stage: str | None = None
         self.signals: list[int] = []
@@ -160,31 +190,66 @@ class Stages:
     def done(self, stage: str) -> dict | None:
         return self.record["stages"].get(stage)
 
-    def finish(self, stage: str, seconds: float, **info) -> None:
-        self.record["stages"][stage] = {"seconds": seconds, **info}
+    def save(self) -> None:
         tmp = self.out / (MARKER + ".tmp")
         tmp.write_text(json.dumps(self.record, indent=2) + "\n")
         os.replace(tmp, self.out / MARKER)
 
-    def run(self, stage: str, args: list) -> float:
-        """One real script with this interpreter; returns its wall time. Fails with the log's tail."""
+    def attempt(self, stage: str, step: str, seconds: float, end: str) -> None:
+        """Record one attempt of ``stage`` (a step: the stage itself or one of its scripts), whatever its end."""
+        self.record["attempts"].setdefault(stage, []).append({"step": step, "seconds": round(seconds, 3), "end": end})
+        self.save()
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """An in-process stage: its attempt is recorded however it ends (a signal, an error, done)."""
+        if self.done(stage):  # run again (the evaluation is, on every rerun): its time starts over
+            self.record["attempts"][stage] = []
+        self.stage, t, end = stage, time.time(), "failed"
+        try:
+            yield
+            end = "finished"
+        except SystemExit as e:
+            end = str(e).split(";")[0] if self.signals else "failed"
+            raise
+        finally:
+            self.stage = None
+            self.attempt(stage, stage, time.time() - t, end)
+
+    def finish(self, stage: str, **info) -> None:
+        """The stage is done: its time is the sum of every attempt (stopped and failed ones too)."""
+        attempts = self.record["attempts"].get(stage, [])
+        self.record["stages"][stage] = {"seconds": sum(a["seconds"] for a in attempts), "attempts": attempts, **info}
+        self.save()
+
+    def run(self, stage: str, args: list, step: str | None = None) -> float:
+        """One real script (``step``, default ``stage``) with this interpreter; returns its wall time.
+        Fails with the log's tail; a signal is forwarded and the stop reported as the script ended."""
+        step = step or stage
         cmd = [sys.executable, *map(str, args)]
-        self.stage, log = stage, self.logs / f"{stage}.log"
-        print(f"[{stage}] $ python {' '.join(map(str, args))}\n    log: {log}", flush=True)
+        self.stage, log = step, self.logs / f"{step}.log"
+        print(f"[{step}] $ {shlex.join(['python', *map(str, args)])}\n    log: {log}", flush=True)
         t = time.time()
         with open(log, "a") as f:
-            f.write(f"$ {' '.join(cmd)}\n")
+            f.write(f"$ {shlex.join(cmd)}\n")
             f.flush()
             self.child = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT)
             code = self.child.wait()
             self.child = self.stage = None
         elapsed = time.time() - t
         if self.signals:
-            raise SystemExit(f"stopped by {signal.Signals(self.signals[0]).name} during stage '{stage}' (it saved "
-                             f"what it had, exit {code}); rerun the same command to continue")
+            name = signal.Signals(self.signals[0]).name
+            if code < 0:
+                how = f"it was killed by {signal.Signals(-code).name} before it could save (exit {code})"
+            else:
+                how = f"it stopped and saved what it had (exit {code})"
+            self.attempt(stage, step, elapsed, f"stopped by {name}")
+            raise SystemExit(f"stopped by {name} during stage '{step}': {how}; rerun the same command to continue")
         if code != 0:
+            self.attempt(stage, step, elapsed, f"failed (exit {code})")
             tail = "\n".join(log.read_text().strip().splitlines()[-12:])
-            raise SystemExit(f"error: stage '{stage}' failed (exit {code}) after {elapsed:.0f} s; see {log}\n{tail}")
+            raise SystemExit(f"error: stage '{step}' failed (exit {code}) after {elapsed:.0f} s; see {log}\n{tail}")
+        self.attempt(stage, step, elapsed, "finished")
         print(f"    {elapsed:.0f} s", flush=True)
         return elapsed
 
@@ -196,7 +261,6 @@ def stage_base(st: Stages, args: argparse.Namespace) -> Path:
     target = st.out / "base_model"
     if st.done("base"):
         return target
-    t = time.time()
     if args.base_minutes > 0:
         config = args.base_config or str(SHIPPED_BASE / "config.json")
         st.run("base", ["scripts/train_codec.py", "--audio_dir", args.train_dir, "--output_dir", st.out / "base_run",
@@ -206,13 +270,14 @@ def stage_base(st: Stages, args: argparse.Namespace) -> Path:
         source = f"trained here: scripts/train_codec.py on {args.train_dir} for {args.base_minutes:g} min"
     else:
         spec = args.base_model or SHIPPED_BASE
-        try:
-            base = SNAC.from_pretrained(spec)
-        except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"error: --base_model {spec}: cannot load a SNAC ({e})") from e
-        base.save_pretrained(target)
+        with st.timed("base"):
+            try:
+                base = SNAC.from_pretrained(spec)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise SystemExit(f"error: --base_model {spec}: cannot load a SNAC ({e})") from e
+            base.save_pretrained(target)
         source = str(spec)
-    st.finish("base", time.time() - t, source=source)
+    st.finish("base", source=source)
     return target
 
 
@@ -227,12 +292,11 @@ def stage_cache(st: Stages, args: argparse.Namespace, base: Path) -> dict[str, P
         return {part: Path(args.codes_from).resolve() / "cache" / part for part in ("train", "val")}
     caches = {part: st.out / "cache" / part for part in ("train", "val")}
     if not st.done("cache"):
-        t = time.time()
         devices = ["--devices", "cpu" if args.device == "cpu" else args.device] if args.device is not None else []
         for part, folder in (("train", args.train_dir), ("val", args.val_dir)):
-            st.run(f"cache_{part}", ["cache_codes_multigpu.py", "--input_dir", folder, "--output_dir", caches[part],
-                                     "--pretrained_model", base, "--target_sample_rate", 48000, *devices])
-        st.finish("cache", time.time() - t)
+            st.run("cache", ["cache_codes_multigpu.py", "--input_dir", folder, "--output_dir", caches[part],
+                             "--pretrained_model", base, "--target_sample_rate", 48000, *devices], step=f"cache_{part}")
+        st.finish("cache")
     return caches
 
 
@@ -257,27 +321,43 @@ def stage_finetune(st: Stages, args: argparse.Namespace, base: Path, caches: dic
             cmd += ["--max_minutes", args.finetune_minutes]
         else:
             cmd += ["--max_steps", steps]
-        elapsed = st.run(recipe, cmd)
-        status = json.loads((runs[recipe] / "status.json").read_text())
+        st.run(recipe, cmd)
+        status_file = runs[recipe] / "status.json"
+        status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+        if status.get("state") != "finished":  # e.g. the trainer's own PID got a SIGTERM: it saved and exited 0
+            state = status.get("state", "leaving no status")
+            st.record["attempts"][recipe][-1]["end"] = f"trainer {state}"
+            st.save()
+            raise SystemExit(f"error: stage '{recipe}' ended with its trainer {state}"
+                             f" at iteration {status.get('iteration', '?')}, not finished (see {status_file}); "
+                             "rerun the same command to resume it")
         if steps is not None and status["iteration"] != steps:
             raise SystemExit(f"error: {recipe} stopped at iteration {status['iteration']}, not {steps}: the plan "
                              f"(--epochs {args.epochs}) is shorter; pass more --epochs")
         steps = status["iteration"]
-        st.finish(recipe, elapsed, iterations=steps, checkpoint=str(runs[recipe] / "latest.pt"))
+        st.finish(recipe, iterations=steps, checkpoint=str(runs[recipe] / "latest.pt"))
     return {recipe: runs[recipe] / "latest.pt" for recipe in runs}
 
 
-def stage_evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpoints: dict) -> dict:
+def stage_evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpoints: dict, val_cache: Path) -> dict:
+    with st.timed("evaluate"):
+        ev = evaluate(st, args, base_dir, checkpoints, val_cache)
+    st.finish("evaluate")
+    return ev
+
+
+def evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpoints: dict, val_cache: Path) -> dict:
+    """Every system on the val files the cache accepted (the files it rejected are listed, not read)."""
     import torch
     from tqdm import tqdm
 
     from snac import SNAC, SNAC48
-    from snac.evaluation import codes_information, evaluate_systems, find_eval_files
+    from snac.cache.format import read_manifest
+    from snac.evaluation import codes_information, evaluate_systems, find_eval_files, skipped_note
     from snac.hub import load_model
     from snac.model48 import head_spec
     from snac.infer import resolve_device
 
-    t = time.time()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     base = SNAC.from_pretrained(base_dir).to(device).eval()
@@ -290,6 +370,10 @@ def stage_evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpo
     if not files:
         raise SystemExit(f"error: --val_dir {args.val_dir} holds no audio")
     root = Path(args.val_dir)
+    rejected = {r["path"]: f"rejected by the cache: {r['reason']}" for r in read_manifest(val_cache)["rejected"]}
+    files = [f for f in files if str(f.relative_to(root)) not in rejected]
+    if not files:
+        raise SystemExit(f"error: the cache rejected every file of --val_dir {args.val_dir}: {skipped_note(rejected)}")
     with torch.no_grad():
         result = evaluate_systems(files, root, base, systems, rate=48000, band_hz=args.band_hz,
                                   silence_db=args.silence_db, min_band_db=args.min_band_db,
@@ -301,9 +385,10 @@ def stage_evaluate(st: Stages, args: argparse.Namespace, base_dir: Path, checkpo
         torch.manual_seed(args.seed)  # train_codec.py's initialisation of the same config
         init = codes_information(SNAC(**base.config).to(device).eval(), files, silence_db=args.silence_db,
                                  max_seconds=args.max_seconds, seed=args.seed, device=device)
-    st.finish("evaluate", time.time() - t)
+    scored = len(files) - len(result["skipped"])
+    result["skipped"] = {**rejected, **result["skipped"]}
     return {"result": result, "base_own": info["own"], "base_shuffled": info["shuffled"], "base_init": init["own"],
-            "files": len(files)}
+            "files": scored}
 
 
 # ================================================================================ report
@@ -317,7 +402,8 @@ def build_results(st: Stages, args: argparse.Namespace, ev: dict) -> dict:
                         "stft_distance": m.get("stft_distance"), "si_sdr": m.get("si_sdr"),
                         "files": result["counts"][name],
                         "iterations": {"baseline": None, "smart_init": 0}.get(name, (st.done(name) or {}).get("iterations"))})
-    stages = {name: rec["seconds"] for name, rec in st.record["stages"].items()}
+    stages = {name: {"seconds": rec["seconds"], "attempts": rec.get("attempts", [])}
+              for name, rec in st.record["stages"].items()}
     return {"systems": systems, "base_mel_distance_init": ev["base_init"],
             "base_mel_distance_trained": ev["base_own"], "base_mel_distance_shuffled": ev["base_shuffled"],
             "stages": stages, "base_model": st.done("base")["source"],
@@ -325,10 +411,13 @@ def build_results(st: Stages, args: argparse.Namespace, ev: dict) -> dict:
                          "val_seconds": result["seconds"], "comparison_rate": 48000,
                          "band_files": ev["files"] - result["no_band"], "band_empty_files": result["band_empty"]},
             "failures": {k: {m: len(v) for m, v in per.items()} for k, per in result["failures"].items()},
+            "skipped": result["skipped"],
             "spectrograms": result["spectrograms"]}
 
 
 def markdown(results: dict) -> str:
+    from snac.evaluation import skipped_note
+
     s = results["settings"]
     band = f"{s['band_hz'][0] / 1000:g}-{s['band_hz'][1] / 1000:g} kHz"
     header = ["system", "iterations"] + [label.format(band=band) for _, label, _ in COLUMNS]
@@ -351,7 +440,12 @@ def markdown(results: dict) -> str:
     lines += ["", f"Base codec at its own rate, mel distance: {own:.3f} with its codes, {shuf:.3f} with the same "
                   f"codes shuffled in time ({gain:.0f}% lower with the real order: the codes carry information"
                   f"{'' if gain >= 30 else ' only weakly'}), {init:.3f} at random initialisation.", "",
-              "Stage wall times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["stages"].items()) + "."]
+              "Stage wall times: " + ", ".join(
+                  f"{k} {v['seconds'] / 60:.1f} min"
+                  + (f" ({len(v['attempts'])} runs)" if len(v["attempts"]) > 1 else "")
+                  for k, v in results["stages"].items()) + "."]
+    if results["skipped"]:
+        lines += ["", f"Not evaluated: {skipped_note(results['skipped'])}."]
     failures = {k: v for k, v in results["failures"].items() if v}
     if failures:
         lines += ["", f"Metric failures (files left out of those means): {failures}"]
@@ -360,28 +454,49 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from snac.cache.format import LOCK_NAME  # the cache's run-folder lock file, reused here
+
     out = Path(args.output_dir).resolve()
-    if args.overwrite and out.exists():
-        if any(out.iterdir()) and not (out / MARKER).is_file():
-            raise SystemExit(f"error: --overwrite: {out} is not a quality-check folder; not deleting it")
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise SystemExit(f"error: {out} exists and is not a quality-check folder; pass another --output_dir")
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / MARKER).is_file():
+        raise SystemExit(f"error: {out} exists and is not a quality-check folder (no {MARKER}); "
+                         + ("not deleting it; " if args.overwrite else "") + "pass another --output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    st = Stages(out, args)
-    start = time.time()
+    with lock_folder(out):  # held until the check ends, however it ends
+        if args.overwrite:
+            for p in out.iterdir():
+                if p.name != LOCK_NAME:  # the lock file stays: deleting it would let a second run in
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        run_check(Stages(out, args), args)  # Stages writes stages.json (the settings) before any stage runs
+    return 0
+
+
+def run_check(st: Stages, args: argparse.Namespace) -> None:
+    out, start = st.out, time.time()
     base = stage_base(st, args)
     caches = stage_cache(st, args, base)
     checkpoints = stage_finetune(st, args, base, caches)
-    ev = stage_evaluate(st, args, base, checkpoints)
+    ev = stage_evaluate(st, args, base, checkpoints, caches["val"])
     results = build_results(st, args, ev)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     md = markdown(results)
     (out / "results.md").write_text(md + "".join(f"\n![{Path(p).stem}]({p})\n" for p in results["spectrograms"]))
     print("\n" + md)
     print(f"done in {(time.time() - start) / 60:.1f} min; {out / 'results.json'}, {out / 'results.md'}, "
           f"{out / 'audio'}, {out / 'spectrograms'}, {out / 'base_model'}")
-    return 0
+
+
+def lock_folder(out: Path):
+    """The cache's run-folder lock on OUTPUT_DIR: a second quality check on the same folder is refused
+    with the PID of the one running (two would write the same stages, caches and runs)."""
+    from snac.cache.format import LOCK_NAME
+    from snac.cache.run import _acquire_lock
+
+    try:
+        return _acquire_lock(out, LOCK_NAME)
+    except RuntimeError:
+        pid = (out / LOCK_NAME).read_text().strip() or "?"
+        raise SystemExit(f"error: another quality check (pid {pid}) is running in {out}; wait for it to end or "
+                         f"stop it (kill {pid}), then rerun") from None
 
 
 if __name__ == "__main__":

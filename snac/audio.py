@@ -62,9 +62,22 @@ class AudioInfo(NamedTuple):
     channels: int
 
 
-def _first_line(e: BaseException) -> str:
+def format_duration(seconds: float) -> str:
+    """An amount of audio a person can read at any scale: '3.2 s', '12.5 min', '1.25 h' (a tiny run
+    is not '0.000 h')."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _first_line(e: BaseException, path: str | os.PathLike | None = None) -> str:
+    """The error's first line; without ``path`` in it (the message that quotes it names it already:
+    soundfile's "Error opening '<path>': ..." becomes "Error opening: ...")."""
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    line = text[0] if text else type(e).__name__
+    return line.replace(f" '{path}'", "") if path is not None else line
 
 
 def _check_exists(path: str | os.PathLike) -> None:
@@ -80,7 +93,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with the library's text
-        raise AudioError(f"{path}: cannot read audio ({_first_line(e)}); "
+        raise AudioError(f"{path}: cannot read audio ({_first_line(e, path)}); "
                          f"re-encode it as wav or flac, or remove it") from e
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
 
@@ -95,7 +108,7 @@ def load_audio(path: str | os.PathLike, mono: bool = False) -> tuple[np.ndarray,
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
     except Exception as e:
-        raise AudioError(f"{path}: cannot read audio ({_first_line(e)}); "
+        raise AudioError(f"{path}: cannot read audio ({_first_line(e, path)}); "
                          f"re-encode it as wav or flac, or remove it") from e
     if data.shape[0] == 0:
         raise AudioError(f"{path}: empty audio (0 samples); remove it")
@@ -306,7 +319,7 @@ def iter_resampled_blocks(path: str | os.PathLike, target_sr: int, block_seconds
     except AudioError:
         raise
     except Exception as e:
-        raise AudioError(f"{path}: cannot read audio ({_first_line(e)}); "
+        raise AudioError(f"{path}: cannot read audio ({_first_line(e, path)}); "
                          f"re-encode it as wav or flac, or remove it") from e
 
 

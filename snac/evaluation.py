@@ -19,10 +19,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .audio import AUDIO_EXTENSIONS, load_audio, resample
+from .audio import AUDIO_EXTENSIONS, AudioError, load_audio, resample
 from .compiling import conv_precision
 from .infer import decode_codes, encode_audio
-from .metrics import all_metrics, band_share_db, mel_distance
+from .metrics import all_metrics, band_share_db, mel_distance, min_samples
 
 METRIC_KEYS = ("mel_distance", "stft_distance", "si_sdr", "lsd_high_band", "high_band_energy_db",
                "pesq_wb", "stoi")
@@ -82,10 +82,40 @@ def spectrogram_png(path: Path, title: str, signals: dict[str, np.ndarray], rate
     plt.close(fig)
 
 
-def read_reference(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """Mono audio of a file at its own rate, cut to the first ``max_seconds``."""
-    audio, rate = load_audio(path, mono=True)
-    return (audio[:int(max_seconds * rate)] if max_seconds else audio), rate
+class Skipped(Exception):
+    """A file that cannot be scored; the message is the reason ('silent', 'too short: ...', ...)."""
+
+
+def read_reference(path: Path, max_seconds: float | None, rates: tuple[int, ...] = ()) -> tuple[np.ndarray, int]:
+    """Mono audio of a file at its own rate, cut to the first ``max_seconds``. Raises ``Skipped`` for a
+    file no metric can score: unreadable, silent (every sample 0: every distance to it is meaningless),
+    or shorter than the metrics' FFTs (``min_samples``) at any of ``rates``."""
+    try:
+        audio, rate = load_audio(path, mono=True)
+    except AudioError as e:
+        raise Skipped(f"unreadable: {str(e).removeprefix(f'{path}: ')}") from e
+    audio = audio[:int(max_seconds * rate)] if max_seconds else audio
+    if not np.any(audio):
+        raise Skipped("silent" + (f" (its first {max_seconds:g} s)" if max_seconds else ""))
+    need = min_samples()
+    for r in rates:
+        if len(audio) * r / rate < need:
+            raise Skipped(f"too short: {len(audio) / rate * 1000:.1f} ms, the metrics need {need} samples at {r} Hz")
+    return audio, rate
+
+
+def skipped_note(skipped: dict[str, str]) -> str:
+    """'2 files skipped: silent (a.wav, b.wav); 1 file skipped: too short (c.wav)' (reasons grouped)."""
+    groups: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        groups.setdefault(reason.split(":")[0].split(" (")[0], []).append(name)
+    return "; ".join(f"{len(names)} file{'s' * (len(names) > 1)} skipped: {reason} ({', '.join(names)})"
+                     for reason, names in groups.items())
+
+
+def finite_or_none(value):
+    """A metric value for strict JSON: NaN and +-inf become None."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @conv_precision(tf32=False)  # IEEE float32 on a GPU: the cache's codes, figures that do not depend on the card
@@ -103,23 +133,31 @@ def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, syste
     this share of its energy in the band (``band_share_db``) is left out of the band metrics, like a
     source whose Nyquist is below the band (a 44.1 kHz file low-passed at 8 kHz). ``audio_dir``: each system's decode is written as
     ``audio_dir/<system>/<relative path>.wav`` at ``rate``. ``spectrograms``: the first N files get a
-    PNG in ``out_dir/spectrograms``. Returns {'rows', 'mean', 'counts', 'failures' (name -> metric ->
-    ['file: error']), 'spectrograms', 'seconds', 'upsampled', 'no_band', 'clipped', 'band_empty'}.
+    PNG in ``out_dir/spectrograms``. Files no metric can score (``read_reference``: unreadable, silent,
+    too short) are left out of every metric and listed in 'skipped' (relative path -> reason); a metric
+    that is not finite on a file counts as a failure of that metric. Returns {'rows', 'mean', 'counts',
+    'failures' (name -> metric -> ['file: error']), 'skipped', 'spectrograms', 'seconds', 'upsampled',
+    'no_band', 'clipped', 'band_empty'}; every number is finite or None (strict JSON).
     """
     low, high = band_hz
     codec_rate = base.sampling_rate
     rows: list[dict] = []
     pngs: list[str] = []
     failures: dict[str, dict[str, list[str]]] = {name: {} for name in systems}
+    skipped: dict[str, str] = {}
     seconds, upsampled, no_band, clipped, band_empty = 0.0, 0, 0, 0, 0
-    for i, path in enumerate(progress(files, desc="evaluating", unit="file")):
+    for path in progress(files, desc="evaluating", unit="file"):
         rel = path.relative_to(root)
-        audio, src_rate = read_reference(path, max_seconds)
+        try:
+            audio, src_rate = read_reference(path, max_seconds, (rate, codec_rate))
+        except Skipped as e:
+            skipped[str(rel)] = str(e)
+            continue
         ref = resample(audio, src_rate, rate)
         seconds += len(audio) / src_rate
         # score only the part of the band the source has: none for a 24 kHz source, up to 16 kHz for 32 kHz
         band = scored_band(low, high, src_rate, rate)
-        share = None if band is None else band_share_db(ref, rate, *band, silence_db=silence_db)
+        share = None if band is None else finite_or_none(band_share_db(ref, rate, *band, silence_db=silence_db))
         if min_band_db is not None and share is not None and share < min_band_db:
             band, band_empty = None, band_empty + 1  # the recording holds (next to) nothing there
         no_band += band is None
@@ -133,6 +171,9 @@ def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, syste
             decoded[name] = fit(resample(y, system.sampling_rate, rate), len(ref))
             errors: dict[str, str] = {}
             m = all_metrics(ref, decoded[name], rate, band, optional=optional, errors=errors, silence_db=silence_db)
+            for metric, value in m.items():
+                if finite_or_none(value) is None and value is not None:
+                    m[metric], errors[metric] = None, f"not finite ({value})"
             for metric, error in errors.items():
                 failures[name].setdefault(metric, []).append(f"{rel}: {error}")
             rows.append({"file": str(rel), "system": name, "source_sample_rate": src_rate,
@@ -142,12 +183,12 @@ def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, syste
                 wav = Path(audio_dir) / name / rel.with_suffix(".wav")
                 wav.parent.mkdir(parents=True, exist_ok=True)
                 sf.write(wav, np.clip(decoded[name], -1.0, 1.0), rate, subtype="PCM_16")
-        if i < spectrograms and out_dir is not None:
+        if len(pngs) < spectrograms and out_dir is not None:
             png = Path(out_dir) / "spectrograms" / (str(rel.with_suffix("")).replace("/", "__") + ".png")
             spectrogram_png(png, str(rel), {"original": ref, **decoded}, rate, low)
             pngs.append(str(png.relative_to(out_dir)))
     keys = [k for k in METRIC_KEYS if any(k in r for r in rows)]
-    return {"rows": rows, "failures": failures, "spectrograms": pngs, "seconds": seconds,
+    return {"rows": rows, "failures": failures, "skipped": skipped, "spectrograms": pngs, "seconds": seconds,
             "upsampled": upsampled, "no_band": no_band, "clipped": clipped, "band_empty": band_empty,
             "mean": {name: {k: mean([r.get(k) for r in rows if r["system"] == name]) for k in keys}
                      for name in systems},
@@ -179,7 +220,10 @@ def codes_information(base: torch.nn.Module, files: list[Path], *, silence_db: f
     own, shuffled = [], []
     generator = torch.Generator().manual_seed(seed)
     for path in files:
-        audio, src_rate = read_reference(path, max_seconds)
+        try:
+            audio, src_rate = read_reference(path, max_seconds, (rate,))
+        except Skipped:
+            continue  # evaluate_systems lists it
         ref = resample(audio, src_rate, rate)
         codes = encode_audio(base, ref, chunk_seconds, device=device)
         for codes_used, bucket in ((codes, own), (shuffle_codes(codes, base.vq_strides, generator), shuffled)):

@@ -20,7 +20,7 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ PUBLISHED_SHA256 = {
 # a path with one of these suffixes names a file, never a hub repo
 FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json")
 MODEL_CLASSES: dict[str, type] = {}  # model_kind -> class; filled by model.py and model48.py
+# one request decides whether the hub can be reached before any download: huggingface_hub's own
+# retries on a dead connection take ~45 s before they give up
+HUB_PROBE_SECONDS = 3.0
 
 
 def register_model(kind: str):
@@ -139,6 +142,40 @@ def resolve_hub_file(repo_id: str, names: tuple[str, ...], **hub_kwargs) -> str 
     return None
 
 
+def hub_unreachable() -> str | None:
+    """None when the hub's endpoint (HF_ENDPOINT) answers one HEAD request within HUB_PROBE_SECONDS
+    (any HTTP status counts; proxies from the environment are used); else why not, in one line."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[0] if text else ''} at {constants.ENDPOINT}"
+    return None
+
+
+def offline_hint() -> str:
+    from .presets import SHIPPED_BASE
+
+    return (f"pass a local model directory (the shipped base: {SHIPPED_BASE}), or set HF_HUB_OFFLINE=1 to use "
+            "the hub cache only")
+
+
+def _cached_hub_files(repo: str, **hub_kwargs) -> tuple[str, str] | None:
+    """(config, weights) of a hub repo from the local cache alone (no request); None if not cached."""
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    local = {**hub_kwargs, "local_files_only": True}
+    try:
+        config_file = _hub_download(repo, CONFIG_NAME, **local)
+        weights = resolve_hub_file(repo, HUB_WEIGHT_NAMES, **local) if config_file else None
+    except (LocalEntryNotFoundError, OSError, ValueError):  # not cached, or a cache it cannot read
+        return None
+    return (config_file, weights) if config_file and weights else None
+
+
 def resolve_pretrained(id_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[dict, str]:
     """Return (config dict, weights file path) for a local directory or a hub repo id.
 
@@ -152,6 +189,11 @@ def resolve_pretrained(id_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[dict
                                     f"{CONFIG_NAME} plus one of {', '.join(WEIGHT_NAMES)}")
         weights = next((str(path / n) for n in WEIGHT_NAMES if (path / n).is_file()), None)
         if weights is None:
+            checkpoints = checkpoint_files(path)
+            if checkpoints:  # a training run directory: its config.json holds the flags, not a model
+                raise FileNotFoundError(f"{path} is a training run directory, not a model directory: pass one of "
+                                        f"its checkpoints, {', '.join(str(path / c) for c in checkpoints[:3])}"
+                                        + (f" ({len(checkpoints) - 3} more)" if len(checkpoints) > 3 else ""))
             raise FileNotFoundError(f"{path} has {CONFIG_NAME} but no weights: expected one of "
                                     f"{', '.join(WEIGHT_NAMES)}")
     elif path.exists():
@@ -159,19 +201,37 @@ def resolve_pretrained(id_or_dir: str | os.PathLike, **hub_kwargs) -> tuple[dict
     else:
         _check_missing_path(id_or_dir)
         repo = str(id_or_dir)
+        from huggingface_hub import constants
+
+        online = not (constants.HF_HUB_OFFLINE or hub_kwargs.get("local_files_only"))
+        # offline first: a cached repo loads without a request; an unreachable hub fails in seconds
+        cached = _cached_hub_files(repo, **hub_kwargs) if online else None
+        why = None if cached or not online else hub_unreachable()
+        if why:
+            raise RuntimeError(f"cannot reach the Hugging Face hub for {repo} ({why}) and it is not in the hub "
+                               f"cache: {offline_hint()}")
         try:
-            config_file = _hub_download(repo, CONFIG_NAME, **hub_kwargs)
-            weights = resolve_hub_file(repo, HUB_WEIGHT_NAMES, **hub_kwargs) if config_file else None
+            config_file, weights = cached or (None, None)
+            if not cached:
+                config_file = _hub_download(repo, CONFIG_NAME, **hub_kwargs)
+                weights = resolve_hub_file(repo, HUB_WEIGHT_NAMES, **hub_kwargs) if config_file else None
         except Exception as e:  # network, auth, missing repo: one line that says what to do
             raise RuntimeError(f"could not download {repo} from the Hugging Face hub "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                               "check the id and network, or pass a local directory") from e
+                               f"check the id, or {offline_hint()}") from e
         if config_file is None or weights is None:
             raise FileNotFoundError(f"hub repo {repo} lacks {CONFIG_NAME} or weights "
                                     f"({' or '.join(HUB_WEIGHT_NAMES)})")
     with open(config_file) as f:
         config = json.load(f)
     return config, weights
+
+
+def checkpoint_files(directory: Path) -> list[str]:
+    """The training checkpoints (*.pt) a directory holds: best_model.pt, latest.pt first, then the newest."""
+    names = sorted((p.name for p in directory.glob("*.pt")), key=lambda n: (n != "best_model.pt", n != "latest.pt",
+                                                                            -(directory / n).stat().st_mtime))
+    return names
 
 
 def resolve_extra_file(id_or_dir: str | os.PathLike, filename: str, **hub_kwargs) -> str | None:
@@ -207,6 +267,12 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """A safetensors file written like every other file (mode from the process umask): safetensors'
+    own save_file creates it 0600, unreadable to the other users of a shared machine."""
+    Path(path).write_bytes(safetensors_bytes(tensors))
+
+
 def save_pretrained_files(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor],
                           torch_copy: bool = False) -> None:
     """Write config.json and model.safetensors; with ``torch_copy`` also pytorch_model.bin (the file
@@ -214,7 +280,7 @@ def save_pretrained_files(directory: str | os.PathLike, config: dict, state_dict
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(directory / SAFETENSORS_NAME))
+    save_tensors(tensors, directory / SAFETENSORS_NAME)
     if torch_copy:
         torch.save(tensors, directory / TORCH_WEIGHTS_NAME)
     with open(directory / CONFIG_NAME, "w") as f:

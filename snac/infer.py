@@ -414,6 +414,23 @@ def held_base_encoder(checkpoint: str | os.PathLike) -> SNACEncoder | None:
     return SNACEncoder.from_pretrained(checkpoint)
 
 
+def expected_codes_fingerprint(checkpoint: str | os.PathLike, model: SNAC | SNAC48,
+                               base: SNACEncoder | None = None) -> str | None:
+    """``weights_fingerprint`` (the cache's: encoder + quantizer) of the weights whose codes ``model``
+    decodes: its own for a plain SNAC, else the base's (given, held by an export, or recorded in a
+    training checkpoint). None when nothing tells (an export without its base encoder)."""
+    from .cache.format import weights_fingerprint
+
+    if isinstance(model, SNAC):
+        return weights_fingerprint(model)
+    if base is not None:
+        return weights_fingerprint(base)
+    if Path(checkpoint).is_file():
+        return torch.load(checkpoint, map_location="cpu", weights_only=True).get("base_weights_fingerprint")
+    held = held_base_encoder(checkpoint)
+    return None if held is None else weights_fingerprint(held)
+
+
 def load_codec_pair(checkpoint: str | os.PathLike, base_model: str | None, need_encoder: bool,
                     need_stock: bool, default_base: str = DEFAULT_BASE
                     ) -> tuple[SNAC | SNAC48, SNACEncoder | None, str | None]:

@@ -34,6 +34,13 @@ import torchaudio.functional as AF
 EPS = 1e-5
 MEL_RESOLUTIONS = ((2048, 512, 128), (512, 128, 80))  # (n_fft, hop, n_mels)
 STFT_SIZES = (512, 1024, 2048, 4096)
+BAND_N_FFT = 2048  # the band metrics' FFT (band_lsd, band_energy_db, band_share_db)
+
+
+def min_samples() -> int:
+    """Shortest signal every metric here can score: torch.stft pads n_fft // 2 on each side by
+    reflection, which needs more samples than that at the largest FFT size used."""
+    return max(*STFT_SIZES, *(n for n, _, _ in MEL_RESOLUTIONS), BAND_N_FFT) // 2 + 1
 
 
 def _tensor(x) -> torch.Tensor:
@@ -128,7 +135,7 @@ def _band_powers(ref, est, sample_rate: int, low_hz: float, high_hz: float | Non
 
 
 def band_lsd(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float | None = 24000.0,
-             n_fft: int = 2048, silence_db: float | None = None) -> float:
+             n_fft: int = BAND_N_FFT, silence_db: float | None = None) -> float:
     """Log-spectral distance (dB) over the bins in [low_hz, high_hz]: per frame the RMS over bins of
     10*log10(P_ref / P_est), then the mean over frames. Frames where the reference band is silent
     (below -100 dB of the loudest frame) are skipped: there is nothing there to reproduce; with
@@ -144,7 +151,7 @@ def band_lsd(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float
 
 
 def band_energy_db(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz: float | None = 24000.0,
-                   n_fft: int = 2048, silence_db: float | None = None) -> float:
+                   n_fft: int = BAND_N_FFT, silence_db: float | None = None) -> float:
     """10*log10(band energy of est / band energy of ref) over the bins in [low_hz, high_hz] (and the
     reference's non-silent frames with ``silence_db``): 0 dB is the right level, -30 dB is a decoder
     with next to nothing in the band. NaN when the reference has no energy there."""
@@ -155,7 +162,7 @@ def band_energy_db(ref, est, sample_rate: int, low_hz: float = 12000.0, high_hz:
     return 10 * math.log10(max(pe.sum().item(), 1e-30) / ref_energy)
 
 
-def band_share_db(ref, sample_rate: int, low_hz: float, high_hz: float | None, n_fft: int = 2048,
+def band_share_db(ref, sample_rate: int, low_hz: float, high_hz: float | None, n_fft: int = BAND_N_FFT,
                   silence_db: float | None = None) -> float:
     """10*log10(energy of ``ref`` in [low_hz, high_hz] / its whole energy), over its non-silent frames
     with ``silence_db``: how much of the band a recording really holds (a 44.1 kHz file low-passed at

@@ -35,9 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from safetensors.torch import save_file
 
-from .hub import load_weights, model_kind, register_model, resolve_pretrained, save_pretrained_files
+from .hub import load_weights, model_kind, register_model, resolve_pretrained, save_pretrained_files, save_tensors
 from .layers import (NoiseBlock, Snake1d, decoder_trunk, residual_stack, set_weight_norm_weight,
                      wn_conv1d, wn_conv_transpose1d)
 from .model import BASE_ENCODER_NAME, SNAC, SNACEncoder
@@ -308,6 +307,6 @@ class SNAC48(nn.Module):
             directory.mkdir(parents=True, exist_ok=True)
             tensors = {k: v.detach().contiguous().cpu() for k, v in base.state_dict().items()
                        if not k.startswith("decoder.")}  # encoder.* + quantizer.*
-            save_file(tensors, str(directory / BASE_ENCODER_NAME))
+            save_tensors(tensors, directory / BASE_ENCODER_NAME)
             config["base_encoder"] = BASE_ENCODER_NAME
         save_pretrained_files(directory, config, self.state_dict())

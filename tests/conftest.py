@@ -1,4 +1,5 @@
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -33,3 +34,13 @@ def no_leaked_global_torch_state():
     leaked = not torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     assert not leaked, "autograd was left disabled: use a no_grad context, not set_grad_enabled(False)"
+
+
+@pytest.fixture
+def restore_signal_handlers():
+    """For tests whose code installs SIGTERM/SIGINT handlers in this process (quality_check's Stages):
+    pytest's own are put back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)

@@ -75,3 +75,11 @@ def test_flac_bytes_round_trip_and_partial_decode():
     assert len(decode_flac(data, 47990, 500)[0]) == 10 and len(decode_flac(data, 10 ** 6, 5)[0]) == 0
     with pytest.raises(AudioError, match="damaged"):
         decode_flac(b"not flac")
+
+
+@pytest.mark.parametrize("seconds,text", [(0.42, "0.4 s"), (59.9, "59.9 s"), (75, "1.2 min"), (5400, "1.50 h")])
+def test_durations_read_at_every_scale(seconds, text):
+    """Tiny runs printed '0.000 h' (issue 25, item 8)."""
+    from snac.audio import format_duration
+
+    assert format_duration(seconds) == text

@@ -315,7 +315,7 @@ def test_resume_after_the_whole_run_is_killed(corpus, tmp_path):
     _assert_complete(cache, corpus["files"])
 
 
-def test_limit_rerun_refusal_and_overwrite(corpus, tmp_path):
+def test_limit_rerun_refusal_and_overwrite(corpus, tmp_path, capsys):
     cache = tmp_path / "cache"
     common = ["--input_dir", corpus["audio"], "--output_dir", cache, "--pretrained_model", corpus["model_dir"],
               "--devices", "cpu", "--shard_rows", 4]
@@ -327,7 +327,10 @@ def test_limit_rerun_refusal_and_overwrite(corpus, tmp_path):
     assert run_cli(*common, "--limit", 5) == 0
     assert [(p.name, p.stat().st_mtime_ns) for p in list_shards(cache)] == shards
     # another (valid) target rate into the same folder is refused without --overwrite
+    capsys.readouterr()
     assert run_cli(*common, "--target_sample_rate", 72000) == 2
+    assert "holds a cache made with different target_sample_rate (target_sample_rate=48000)" \
+        in capsys.readouterr().err  # same model and weights: only the settings check can fire
     (cache / "keep_me.txt").write_text("not ours")
     assert run_cli(*common, "--overwrite", "--limit", 3) == 0
     _assert_complete(cache, set(first[:3]))

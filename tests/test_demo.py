@@ -1,8 +1,10 @@
 """scripts/demo.py end to end (the README's first command), so CI proves it works as written.
 About a minute on 2 cores; SNAC48_SKIP_DEMO=1 skips it for a quick local run."""
 
+import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +46,16 @@ def test_demo_runs_every_step_and_reports_its_outputs(tmp_path):
                if line.startswith(("  phase switch:", "  iteration ckpt:", "  timer ckpt:", "  resume:"))]
     in_log = [line for line in summary if line in log]
     assert len(in_log) >= 3 and in_log == sorted(in_log, key=log.index)
+
+
+def test_printed_commands_can_be_pasted_into_a_shell(tmp_path, capsys):
+    """A path with a space was printed bare, so the pasted command split it in two."""
+    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    script = tmp_path / "my scripts" / "echo args.py"
+    script.parent.mkdir()
+    script.write_text("import sys; print(sys.argv[1:])")
+    demo.Steps(tmp_path, dict(os.environ)).run("echo", [script, "--output_dir", tmp_path / "out dir"])
+    shown = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("$ "))
+    assert shlex.split(shown.strip()[2:]) == ["python", str(script), "--output_dir", str(tmp_path / "out dir")]

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,23 @@ def test_plain_snac_checkpoint_exports_as_snac(tmp_path):
     torch.save({"model": base.state_dict(), "model_config": base.config, "config": {}}, tmp_path / "c.pt")
     assert export.main(["--checkpoint", str(tmp_path / "c.pt"), "--output_dir", str(tmp_path / "e")]) == 0
     assert isinstance(SNAC.from_pretrained(tmp_path / "e"), SNAC)
+
+
+def test_exported_files_follow_the_umask_and_the_card_holds_no_absolute_path(tmp_path, monkeypatch):
+    """safetensors' save_file wrote 0600 files; the card named the base by its absolute local path."""
+    torch.manual_seed(0)
+    base = SNAC(**TINY_24KHZ)
+    base.save_pretrained(tmp_path / "work" / "models" / "base")
+    model = SNAC48.from_snac(base)
+    torch.save({"model": model.state_dict(), "model_config": model.config,
+                "config": {"pretrained_model": str(tmp_path / "work" / "models" / "base")}}, tmp_path / "c.pt")
+    monkeypatch.chdir(tmp_path / "work")
+    old = os.umask(0o022)
+    try:
+        assert export.main(["--checkpoint", str(tmp_path / "c.pt"), "--output_dir", str(tmp_path / "e")]) == 0
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "e").iterdir()}
+    assert modes == dict.fromkeys(modes, 0o644) and "base_encoder.safetensors" in modes, modes
+    card = (tmp_path / "e" / "README.md").read_text()
+    assert str(tmp_path) not in card and "`models/base` (a local model)" in card

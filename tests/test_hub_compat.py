@@ -168,3 +168,49 @@ def test_mistyped_path_says_the_file_does_not_exist(spec):
     """Issue 14.6: a path that is not there is not looked up on the hub."""
     with pytest.raises(FileNotFoundError, match=f"{spec} does not exist"):
         load_model(spec)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("script", ["library", "inference.py", "cache_codes_multigpu.py"])
+def test_an_unreachable_hub_fails_fast_in_one_line_naming_the_shipped_base(tmp_path, script):
+    """huggingface_hub retried a refused connection for ~45 s before one line said nothing of the
+    shipped base; now one request decides (issue 25, item 4)."""
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"),
+               OMP_NUM_THREADS="1")
+    env.pop("HF_HUB_OFFLINE", None)
+    if script == "library":
+        cmd = [sys.executable, "-c", "import time, sys\nfrom snac import SNAC\nt = time.time()\n"
+               "try:\n    SNAC.from_pretrained('hubertsiuzdak/snac_24khz')\n"
+               "except RuntimeError as e:\n    print(f'{time.time() - t:.2f}'); sys.exit(f'error: {e}')\n"]
+    elif script == "inference.py":
+        (tmp_path / "a.wav").write_bytes(b"")
+        cmd = [sys.executable, str(ROOT / script), "--checkpoint", "hubertsiuzdak/snac_24khz", "--input",
+               str(tmp_path / "a.wav"), "--output", str(tmp_path / "b.wav"), "--device", "cpu"]
+    else:
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "a.wav").write_bytes(b"")
+        cmd = [sys.executable, str(ROOT / script), "--input_dir", str(tmp_path / "in"), "--output_dir",
+               str(tmp_path / "cache"), "--pretrained_model", "hubertsiuzdak/snac_24khz", "--devices", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Retrying" not in proc.stderr, proc.stderr
+    assert "cannot reach the Hugging Face hub" in lines[0] and "models/klettres_24khz" in lines[0] \
+        and "HF_HUB_OFFLINE=1" in lines[0]
+    if script == "library":
+        assert float(proc.stdout) <= 5.0
+
+
+def test_a_cached_hub_repo_loads_without_asking_the_hub(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    upstream_hub_cache(tmp_path / "hub", "someone/snac_tiny", perturbed_tiny())
+    monkeypatch.setattr(snac.hub, "hub_unreachable", lambda: pytest.fail("the hub was asked before the cache"))
+    model = SNAC.from_pretrained("someone/snac_tiny", cache_dir=tmp_path / "hub")
+    assert same_weights(model, perturbed_tiny())

@@ -101,7 +101,10 @@ def test_every_stage_runs_and_results_are_complete(finished):
     for key in ("base_mel_distance_init", "base_mel_distance_trained", "base_mel_distance_shuffled"):
         assert math.isfinite(results[key]) and results[key] > 0, key
     assert set(results["stages"]) == {"base", "cache", "adversarial_recipe", "seed_recipe", "evaluate"}
-    assert all(seconds > 0 for seconds in results["stages"].values())
+    assert all(rec["seconds"] > 0 and rec["attempts"] for rec in results["stages"].values())
+    # the fine-tune stopped by the SIGTERM and its resumed run both count
+    assert [a["end"] for a in results["stages"]["adversarial_recipe"]["attempts"]] == ["stopped by SIGTERM",
+                                                                                      "finished"]
     assert "trained here" in results["base_model"]
     # everything needed to recompute the numbers is there
     base = SNAC.from_pretrained(out / "base_model")
@@ -127,5 +130,6 @@ def test_rerun_skips_finished_stages_and_other_settings_are_refused(finished):
             if k != "evaluate"} == {k: v for k, v in stages.items() if k != "evaluate"}
     other = quality_check(*[("3" if f == "2" and flags[i - 1] == "--finetune_steps" else f)
                             for i, f in enumerate(flags)])
-    assert other.returncode != 0 and "holds a quality check of other settings" in other.stderr
+    assert other.returncode != 0 and "holds a quality check with other settings (--finetune_steps 2 there, 3 now)" \
+        in other.stderr
     assert json.loads((out / "results.json").read_text())["systems"][2]["iterations"] == 2  # untouched

@@ -22,7 +22,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..audio import AUDIO_EXTENSIONS, AudioError
+from ..audio import AUDIO_EXTENSIONS, AudioError, format_duration
 from ..compiling import CompileCounter, compile_method_
 from ..fileio import write_json_atomic
 from ..lock import acquire_dir_lock
@@ -314,7 +314,7 @@ class _Progress:
         el = time.monotonic() - self.start
         rate = t["seconds"] / el if el > 0 else 0.0
         frac = t["files"] / self.total_files if self.total_files else 1.0
-        audio = f"{t['seconds'] / 3600:.3f} h of audio"
+        audio = f"{format_duration(t['seconds'])} of audio"
         work = frac
         if self.planned():
             work = t["planned_done"] / t["planned_seconds"]
@@ -387,10 +387,45 @@ def changed_settings(out: Path, settings: dict) -> list[str]:
                      f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); {fix}")
 
 
-def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
+class _StopRequest:
+    """SIGTERM / SIGINT from the start of a run: before the workers exist the request is remembered
+    (no worker is started, the run ends saying so); after, the workers are asked to write their buffers
+    and stop. Without it a signal during the model load or the resume scan killed the process."""
+
+    def __init__(self, early_signals: list[int] | None = None) -> None:
+        self.signum: int | None = None
+        self.procs: dict = {}
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if early_signals:  # caught by the script's own handler before this one was installed
+            self.signum = early_signals[0]
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signum = signum
+        for p in self.procs.values():  # ask our own workers to write their buffers and stop
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    def restore(self) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None,
+                early_signals: list[int] | None = None) -> int:
     """Cache every input file's codes into ``cfg.output_dir``; returns the exit status (0 = all
     workers finished). Under torchrun (WORLD_SIZE > 1) each rank runs its slots on GPU LOCAL_RANK
-    and rank 0 writes the manifest after every rank has finished."""
+    and rank 0 writes the manifest after every rank has finished. ``early_signals``: signals a script
+    caught before the run started (while importing torch): the run stops as soon as it can."""
+    stop = _StopRequest(early_signals)
+    try:
+        return _run_caching(cfg, crash_after_shards, stop)
+    finally:
+        stop.restore()
+
+
+def _run_caching(cfg: CacheConfig, crash_after_shards: int | None, stop: _StopRequest) -> int:
     cfg.validate()
     t_start = time.monotonic()
     rank, world, local_rank = _dist_env()
@@ -504,31 +539,27 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             "--no-sort_by_length keeps list order)")
 
     # ---- run the workers and follow their progress ----
-    ctx = worker_context()
-    events = ctx.Queue()
-    procs = {}
+    procs = stop.procs  # the stop request reaches every worker started
     lifelines = []  # write ends; closing them (or dying) tells the workers to exit
+    if stop.signum is None:
+        ctx = worker_context()
+        events = ctx.Queue()
+    else:  # no worker will run: no process context to start
+        events = queue_module.Queue()
+        say(f"stopped by {signal.Signals(stop.signum).name} before encoding started: no worker started")
     for spec in specs:
-        if spec.items:
+        if spec.items and stop.signum is None:
             r, w = ctx.Pipe(duplex=False)
             p = ctx.Process(target=_worker_entry, args=(spec, events, r), name=f"cache-worker-{spec.worker_index}")
             p.start()
             r.close()
             lifelines.append(w)
             procs[spec.worker_index] = p
+    if stop.signum is not None:  # a signal while the workers were starting: make sure each one hears it
+        stop._on_signal(stop.signum, None)
     progress = _Progress(todo, cfg.log_every, "[cache]" if not distributed else f"[cache rank {rank}]")
     results: dict[int, dict] = {}
     errors: dict[int, str] = {}
-    interrupted = False
-
-    def on_signal(signum, frame):
-        nonlocal interrupted
-        interrupted = True
-        for p in procs.values():  # ask our own workers to write their buffers and stop
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def dispatch(kind: str, g: int, payload) -> None:
         if kind == "progress":
@@ -555,8 +586,6 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
         for p in procs.values():
             p.join()
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
         progress.close()
         for w in lifelines:
             w.close()
@@ -580,6 +609,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
     # mean over this run's encoder batches of the share of --batch_seconds holding real audio
     batch_fill = sum(r.get("batch_fill_sum", 0.0) for r in results.values()) / batches if batches else None
     graphs = sum(r.get("compiled_graphs", 0) for r in results.values()) if cfg.compile else None
+    interrupted = stop.signum is not None
     status = 0 if not failed and not interrupted else 1
     if rank == 0:
         manifest = write_manifest(out, settings, {
@@ -597,8 +627,8 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             build_index(out)
         rej = manifest["rejected"]
         say(f"summary: {manifest['rows']:,} rows in {len(manifest['shards'])} shards, "
-            f"{manifest['hours']:.3f} h of audio; this run cached {sum(r.get('rows', 0) for r in results.values()):,} "
-            f"files ({encoded_seconds / 3600:.3f} h) at {encoded_seconds / max(elapsed, 1e-9):.1f} audio-s/s "
+            f"{format_duration(manifest['hours'] * 3600)} of audio; this run cached "
+            f"{sum(r.get('rows', 0) for r in results.values()):,} files ({format_duration(encoded_seconds)}) at {encoded_seconds / max(elapsed, 1e-9):.1f} audio-s/s "
             f"in {datetime.timedelta(seconds=int(elapsed))}"
             + (f" ({batches:,} encoder batches, mean fill {100 * batch_fill:.0f}%)" if batches else "")
             + (f"; torch.compile: {graphs} encoder graph(s) compiled in {len(results)} worker(s)"
@@ -609,7 +639,7 @@ def run_caching(cfg: CacheConfig, crash_after_shards: int | None = None) -> int:
             say(f"  rejected {r['path']}: {r['reason']}")
         if len(rej) > 10:
             say(f"  ... {len(rej) - 10} more in {out / MANIFEST_NAME}")
-        if manifest["rows"] == 0:
+        if manifest["rows"] == 0 and not interrupted:
             say(f"NOTHING CACHED: 0 rows; {len(rej)} of {len(listed)} listed files rejected (reasons above); "
                 "fix the input audio and rerun")
             status = 1
