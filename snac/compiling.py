@@ -21,7 +21,7 @@ BACKEND_HELP = ("backend of --compile: inductor, or aot_eager / eager (dynamo's 
 
 TF32_HELP = ("let cuDNN run float32 convolutions in TF32 (torch's default: faster on Ampere and later "
              "GPUs, but inputs rounded to 10 mantissa bits, which flips codes at near-ties; "
-             "scripts/bench_model.py --code_flips measures it); default: IEEE float32. No effect on a CPU")
+             "benchmarks/bench_model.py --code_flips measures it); default: IEEE float32. No effect on a CPU")
 
 
 def _conv_flag():

@@ -25,8 +25,14 @@ def _spectrum(x: torch.Tensor, n_fft: int = N_FFT) -> torch.Tensor:
 
 def _excess(spec: torch.Tensor, rate: int, median_hz: float) -> torch.Tensor:
     """(bins, frames) STFT -> (bins,) time-averaged level minus its running median over ``median_hz``, dB."""
-    level = 10 * torch.log10(spec.abs().pow(2).mean(1) + 1e-20)
-    half = max(1, int(median_hz / (rate / (2 * (spec.shape[0] - 1))) / 2))
+    return power_excess_db(spec.abs().pow(2).mean(1), rate, median_hz)
+
+
+def power_excess_db(power: torch.Tensor, rate: int, median_hz: float = 1000.0) -> torch.Tensor:
+    """(bins,) a power spectrum (0 .. rate/2, e.g. a corpus average) -> its level in dB minus the level's
+    running median over ``median_hz``: how far each bin stands out."""
+    level = 10 * torch.log10(power.double() + 1e-20)
+    half = max(1, int(median_hz / (rate / (2 * (power.shape[0] - 1))) / 2))
     padded = torch.nn.functional.pad(level[None, None], (half, half), mode="replicate")[0, 0]
     return level - padded.unfold(0, 2 * half + 1, 1).median(-1).values
 

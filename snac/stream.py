@@ -18,7 +18,7 @@ every node: how many outputs are final once n inputs have arrived), not a consta
 ``lookahead_ms`` below it the decoder also emits the samples that would still wait for right
 context, taken from a throw-away flush of a copy of the state: "as if the stream ended here"
 (zero padding at every layer's end, exactly what the offline decode does at a file's end). Those
-samples are approximate; their error is measured by ``scripts/bench_stream.py``.
+samples are approximate; their error is measured by ``benchmarks/bench_stream.py``.
 
 Noise: a NoiseBlock draws from the global RNG on every call unless it has a ``position_seed``
 (``snac.infer.position_noise(model, seed)``), which makes its noise a function of the position;

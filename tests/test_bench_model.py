@@ -1,4 +1,4 @@
-"""scripts/bench_model.py --code_flips: its TF32 emulation rounds as TF32 does, and the table runs."""
+"""benchmarks/bench_model.py --code_flips: its TF32 emulation rounds as TF32 does, and the table runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from helpers_cache import REPO, load_script
 
-bench = load_script("scripts/bench_model.py")
+bench = load_script("benchmarks/bench_model.py")
 
 
 def test_tf32_round_keeps_ten_mantissa_bits_rounding_to_nearest_even():
@@ -47,13 +47,13 @@ def test_code_flips_prints_every_mode(monkeypatch, capsys):
 
 
 def test_gpu_check_fails_without_a_gpu_and_refuses_unknown_steps(tmp_path):
-    """scripts/gpu_check.sh on this CPU machine: the env and tests steps fail (a skipped GPU test
+    """tools/gpu_check.sh on this CPU machine: the env and tests steps fail (a skipped GPU test
     must not pass as a GPU check), each step's output is in its log; an unknown step stops it
     before any step runs. A relative OUT_DIR is taken from the caller's folder."""
     import subprocess
 
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    script = str(REPO / "scripts" / "gpu_check.sh")
+    script = str(REPO / "tools" / "gpu_check.sh")
     done = subprocess.run(["bash", script, "out", "env", "tests"], capture_output=True, text=True, env=env,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr

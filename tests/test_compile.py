@@ -26,6 +26,8 @@ from snac.compiling import CompileCounter, compile_fn
 from snac.infer import noise_disabled
 from snac.presets import TINY_24KHZ
 
+pytestmark = pytest.mark.slow  # torch.compile: minutes of inductor code generation
+
 inference = load_script("inference.py")
 cache_cli = load_script("cache_codes_multigpu.py")
 

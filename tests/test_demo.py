@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+pytestmark = pytest.mark.slow  # the whole demo end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,6 +1,6 @@
 """The CUDA paths: decode, encode, the code cache and the trainer on a GPU against the CPU.
 
-Skipped without CUDA (CI has none), unless ``SNAC48_REQUIRE_GPU=1`` (scripts/gpu_check.sh sets it):
+Skipped without CUDA (CI has none), unless ``SNAC48_REQUIRE_GPU=1`` (tools/gpu_check.sh sets it):
 then a missing GPU is an error. ``SNAC48_GPU_TEST_DEVICE`` picks the GPU (``cuda:N``, default
 cuda:0); ``cpu`` runs the same code with the CPU in the GPU's place, to check the tests themselves
 on a machine without one (every comparison is then trivially close). Tolerances are for float32 arithmetic reordered by other kernels; each

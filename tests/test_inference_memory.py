@@ -14,11 +14,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
 from snac import SNAC, SNAC48
 from snac.presets import TINY_24KHZ
+
+pytestmark = pytest.mark.slow  # peak memory of real inference subprocesses
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE, CHANNELS = 96000, 8

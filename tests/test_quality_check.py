@@ -21,6 +21,8 @@ import soundfile as sf
 
 from snac import SNAC
 
+pytestmark = pytest.mark.slow  # the quality check end to end, every stage a subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ["baseline", "smart_init", "seed_recipe", "adversarial_recipe"]
 

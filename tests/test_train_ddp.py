@@ -10,6 +10,8 @@ from helpers_train import (SCRIPT, base_args, one_thread, pycache_env, read_metr
                            save_tiny_model, tiny_snac, write_cache)
 from snac.train.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # torchrun with 2 gloo processes
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

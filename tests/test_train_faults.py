@@ -31,6 +31,7 @@ def flags(data, out, **overrides) -> list[str]:
     return base_args(data["root"], data["model"], data["train"], data["val"], out, **values)
 
 
+@pytest.mark.slow
 def test_killed_at_any_point_and_resumed_ends_bit_identical(data, tmp_path, pycache_env):
     from snac.train.config import resolve_config
 
@@ -77,6 +78,7 @@ def sigterm_group_at_step_2(cmd: list[str], env: dict, timeout: float = 300) -> 
     return proc.wait(timeout=timeout), "".join(lines)
 
 
+@pytest.mark.slow
 def test_group_sigterm_under_uv_run_with_workers_saves_mid_run_and_exits_zero(data, tmp_path, pycache_env):
     # `kill -TERM -- -PGID` (SLURM scancel, systemd) reaches uv, python and both DataLoader workers;
     # uv forwards it, so python sees SIGTERM twice within milliseconds: one stop request

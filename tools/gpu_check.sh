@@ -2,8 +2,8 @@
 # The GPU checks and benchmarks in one short run: the CUDA tests, then bench_model, the code flips,
 # bench_cache, bench_train and bench_stream on the first GPU. Each step has its own time limit and log.
 #
-#   bash scripts/gpu_check.sh OUT_DIR [STEP ...]       # steps: env tests model modes flips cache train stream
-#   PYTHON=python3 SPEECH=DIR bash scripts/gpu_check.sh OUT_DIR tests flips
+#   bash tools/gpu_check.sh OUT_DIR [STEP ...]       # steps: env tests model modes flips cache train stream
+#   PYTHON=python3 SPEECH=DIR bash tools/gpu_check.sh OUT_DIR tests flips
 #
 # PYTHON runs the project (default: uv run python). SPEECH: a folder of recorded speech for the
 # code flips (default: synthetic signals). SNAC_SKIP_REFERENCE=1 on a machine without PyPI (the
@@ -14,7 +14,7 @@
 # failed: a machine where torch sees no CUDA GPU fails the env and tests steps.
 set -u
 all="env tests model modes flips cache train stream"
-out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [$all]}
+out=${1:?usage: bash tools/gpu_check.sh OUT_DIR [$all]}
 shift
 steps=${*:-$all}
 for s in $steps; do
@@ -47,17 +47,17 @@ for s in $steps; do
 torch.__version__, torch.version.cuda); assert torch.cuda.is_available(), \"torch sees no CUDA GPU\"; \
 print(torch.cuda.get_device_name())'" ;;
         tests) step tests 120 "${py[@]}" -m pytest -q -s -p no:cacheprovider tests/test_gpu.py ;;
-        model) step model 90 "${py[@]}" scripts/bench_model.py --device cuda --seconds 10 --repeats 5 \
+        model) step model 90 "${py[@]}" benchmarks/bench_model.py --device cuda --seconds 10 --repeats 5 \
             --lite_channels 16,32 --memory_seconds 60 --train_snake ;;
-        modes) step modes 120 "${py[@]}" scripts/bench_model.py --device cuda --seconds 10 --repeats 5 \
+        modes) step modes 120 "${py[@]}" benchmarks/bench_model.py --device cuda --seconds 10 --repeats 5 \
             --lite_channels 16 --memory_seconds 0 --modes ;;
-        flips) step flips 45 "${py[@]}" scripts/bench_model.py --device cuda --code_flips --flips_files 40 \
+        flips) step flips 45 "${py[@]}" benchmarks/bench_model.py --device cuda --code_flips --flips_files 40 \
             ${SPEECH:+--flips_audio "$SPEECH"} ;;
-        cache) step cache 90 "${py[@]}" scripts/bench_cache.py --model full --device cuda:0 --files 2000 \
+        cache) step cache 90 "${py[@]}" benchmarks/bench_cache.py --model full --device cuda:0 --files 2000 \
             --encode_files 200 --plan_files 10000 ;;
-        train) step train 100 "${py[@]}" scripts/bench_train.py --arch snac_24khz --device 0 --batch_size 16 \
+        train) step train 100 "${py[@]}" benchmarks/bench_train.py --arch snac_24khz --device 0 --batch_size 16 \
             --segment_length 2 --steps 10 --memory_batch_sizes 8,16,32 --compile ;;
-        stream) step stream 60 "${py[@]}" scripts/bench_stream.py --device cuda --threads 4 --repeats 1 ;;
+        stream) step stream 60 "${py[@]}" benchmarks/bench_stream.py --device cuda --threads 4 --repeats 1 ;;
     esac
 done
 exit $failed

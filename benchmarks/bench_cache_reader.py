@@ -2,7 +2,7 @@
 """Benchmark CodeCache on a synthetic cache (default 3 M rows): open time, resident memory,
 private growth per forked worker, random rows per second.
 
-  uv run python scripts/bench_cache_reader.py --rows 3000000 --dir /tmp/bench_cache [--keep]
+  uv run python benchmarks/bench_cache_reader.py --rows 3000000 --dir /tmp/bench_cache [--keep]
 
 Rows are 1-10 s utterances of the published 24 kHz model (12-117 coarse tokens, strides 4/2/1,
 codebook 4096 -> int16); each access copies a 4 s window (47 coarse tokens) of all codebooks,

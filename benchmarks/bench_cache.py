@@ -2,9 +2,9 @@
 """Benchmark the caching pipeline: encoder batch fill in list vs length-sorted order, and the
 pipeline against the encoder alone (same process, same model, same batches).
 
-  uv run python scripts/bench_cache.py --model tiny --threads 1      # ~2 minutes on one CPU thread
-  uv run python scripts/bench_cache.py --model full --device cuda:0 --encode_files 3000
-  uv run python scripts/bench_cache.py --pretrained_model DIR_OR_HUB_ID --device cuda:0
+  uv run python benchmarks/bench_cache.py --model tiny --threads 1      # ~2 minutes on one CPU thread
+  uv run python benchmarks/bench_cache.py --model full --device cuda:0 --encode_files 3000
+  uv run python benchmarks/bench_cache.py --pretrained_model DIR_OR_HUB_ID --device cuda:0
 
 Generates --files utterances with log-normal lengths (median 4 s, --sigma) at mixed rates
 (16/24/44.1/48 kHz, some stereo, wav and flac), then for list order and for sorted order

@@ -1,10 +1,10 @@
 """Speed of our SNAC against upstream SNAC 1.2.1 on the same weights, and SNAC48 vs stock decode
 (the full head, and the lite head at --lite_channels branch widths).
 
-    uv run python scripts/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda] [--lite_channels 16,32]
-    uv run python scripts/bench_model.py --modes   # + eager/compiled x fp32/bf16 decodes, ratios to stock eager fp32
-    uv run python scripts/bench_model.py --train_snake   # + a training decode's Snake: recomputing vs plain autograd
-    uv run python scripts/bench_model.py --code_flips [--flips_audio SPEECH_DIR] [--flips_model DIR|HUB_ID]
+    uv run python benchmarks/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda] [--lite_channels 16,32]
+    uv run python benchmarks/bench_model.py --modes   # + eager/compiled x fp32/bf16 decodes, ratios to stock eager fp32
+    uv run python benchmarks/bench_model.py --train_snake   # + a training decode's Snake: recomputing vs plain autograd
+    uv run python benchmarks/bench_model.py --code_flips [--flips_audio SPEECH_DIR] [--flips_model DIR|HUB_ID]
         # only this: the codes a reduced-precision (TF32 on a GPU, bf16, fp16) or batched encode
         # changes against IEEE float32 alone
 
@@ -320,7 +320,7 @@ def main() -> None:
     if args.code_flips:
         code_flips(args)
         return
-    from _common import import_reference  # scripts/ is on sys.path (this script's folder)
+    from scripts._common import import_reference  # the repository root is on sys.path
 
     ref_mod = None
     if os.environ.get("SNAC_SKIP_REFERENCE") == "1":

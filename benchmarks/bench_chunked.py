@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Seam error and cost of chunked decoding (snac.infer) against whole-file decoding.
 
-    uv run python scripts/bench_chunked.py                      # full-size 24 kHz config, random weights
-    uv run python scripts/bench_chunked.py --pretrained_model hubertsiuzdak/snac_24khz --seconds 120
+    uv run python benchmarks/bench_chunked.py                      # full-size 24 kHz config, random weights
+    uv run python benchmarks/bench_chunked.py --pretrained_model hubertsiuzdak/snac_24khz --seconds 120
 
 Prints, for the base decoder and its SNAC48: the max |difference| and the SNR of the chunked
 decode against the whole-file decode with the NoiseBlocks off (the seam error proper), the same

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Streaming decode (snac.stream) against the offline decode and the 28-token sliding window.
 
-    uv run python scripts/bench_stream.py                         # CPU, 1 thread, 10 s, snac_24khz layout
-    uv run python scripts/bench_stream.py --device cuda --threads 4
+    uv run python benchmarks/bench_stream.py                         # CPU, 1 thread, 10 s, snac_24khz layout
+    uv run python benchmarks/bench_stream.py --device cuda --threads 4
 
 A TTS-like producer emits the interleaved tokens (7 a frame for strides 4/2/1) at ``--token_rate``
 tokens a second; each coarse frame is decoded as soon as its last token is out and the decoder is

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Peak RSS of the codec trainer's data source against the number of training files.
 
-    uv run python scripts/bench_codec_data.py                   # 100 and 10,000 files of 4 s
-    uv run python scripts/bench_codec_data.py --files 100 100000 --seconds 4 --draws 200
+    uv run python benchmarks/bench_codec_data.py                   # 100 and 10,000 files of 4 s
+    uv run python benchmarks/bench_codec_data.py --files 100 100000 --seconds 4 --draws 200
 
 For each file count, a child process builds a folder of that many 4 s files (hard links to one
 16 kHz wav, so the disk holds one file while the source still opens, scans and reads each name),

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Benchmark of the trainer's step: data loading, trainer overhead, throughput, precision, memory.
 
-    uv run python scripts/bench_train.py                       # tiny model on CPU, synthetic cache
-    uv run python scripts/bench_train.py --arch snac_24khz --device 0 --batch_size 32 --segment_length 4
-    uv run python scripts/bench_train.py --cache CACHE_DIR --pretrained_model DIR_OR_HUB_ID --compile
+    uv run python benchmarks/bench_train.py                       # tiny model on CPU, synthetic cache
+    uv run python benchmarks/bench_train.py --arch snac_24khz --device 0 --batch_size 32 --segment_length 4
+    uv run python benchmarks/bench_train.py --cache CACHE_DIR --pretrained_model DIR_OR_HUB_ID --compile
 
 Prints (a) DataLoader time per batch vs train-step time (goal: loader <= 0.1x step), (b) the full
 trainer step (finetune_decoder_48khz.py's loop, measured from its own metrics) vs a bare

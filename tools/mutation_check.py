@@ -2,10 +2,10 @@
 """Mutation check: put one small deliberate bug at a time into a copy of the repository and prove
 that the tests meant to guard that property fail.
 
-    uv run python scripts/mutation_check.py              # every mutant, ~10-15 min on 2 cores
-    uv run python scripts/mutation_check.py --jobs 2     # two copies side by side
-    uv run python scripts/mutation_check.py --only sc-floor --only l1   # names containing these
-    uv run python scripts/mutation_check.py --list       # the mutants and their tests
+    uv run python tools/mutation_check.py              # every mutant, ~10-15 min on 2 cores
+    uv run python tools/mutation_check.py --jobs 2     # two copies side by side
+    uv run python tools/mutation_check.py --only sc-floor --only l1   # names containing these
+    uv run python tools/mutation_check.py --list       # the mutants and their tests
 
 How: the tracked (and untracked, not ignored) files are copied into a temporary directory, once
 per job. The copy's tests run with THIS interpreter (``sys.executable``), ``PYTHONPATH`` pointing at
@@ -277,7 +277,9 @@ def check_imports_come_from(copy: Path) -> None:
 
 def run_pytest(copy: Path, args: tuple[str, ...], timeout: float, stop_first: bool = True) -> tuple[int | None, float, str]:
     """(exit code or None on timeout, seconds, output tail)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(["-x"] if stop_first else []), *args]
+    # -m "": both test lanes (pyproject's addopts deselect the slow one): a mutant counts as caught by any test
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "", *(["-x"] if stop_first else []),
+           *args]
     start = time.time()
     try:
         proc = subprocess.run(cmd, cwd=copy, env=env_for(copy), capture_output=True, text=True, timeout=timeout)
