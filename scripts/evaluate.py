@@ -114,6 +114,9 @@ def markdown(report: dict) -> str:
     for system, means in report["mean"].items():
         cells = [system] + [format(means[k], f) if means.get(k) is not None else "n/a" for k, _, f in COLUMNS]
         lines.append("| " + " | ".join(cells + [str(report["counts"][system])]) + " |")
+    lines += ["", "SI-SDR compares the waveforms sample by sample. A codec trained on spectral losses alone (such "
+              "as the shipped base, mel only) leaves the phase free, so its SI-SDR is far below 0 dB (about -30 "
+              "to -50 dB) even where it sounds close: read the mel distance and the band figures first."]
     notes = report["notes"]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
