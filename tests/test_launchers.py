@@ -76,6 +76,7 @@ def wait_status(cwd: Path, *needles: str, run_dirs: tuple[str, ...] = ()) -> str
     return wait_for(check)
 
 
+@pytest.mark.slow
 def test_launch_status_double_launch_crash_stale_pid_and_resume(workdir):
     # ---- launch: PID and the follow/check/stop commands are printed, the PID file is written
     r = sh(workdir, LAUNCH, "cpu", "--config", "tiny.json")
@@ -163,6 +164,7 @@ def fake_trainer():
     proc.wait()
 
 
+@pytest.mark.slow
 def test_launcher_refuses_a_gpu_in_use_and_a_log_folder_of_another_run(workdir, tmp_path, fake_trainer):
     logs = tmp_path / "logs"
     busy = logs / "busy"
@@ -202,7 +204,9 @@ def test_multi_node_flags_reach_torchrun_and_bad_ones_are_refused(workdir, tmp_p
     r = sh(workdir, LAUNCH, "cpu", "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.7",
            "--master_port", "29511", *flags)
     assert r.returncode == 0, r.stderr
-    assert ("torch.distributed.run --nnodes 2 --node_rank 1 --nproc_per_node 1 --rdzv_backend c10d "
+    # torchrun under launcher.py (a stop signal every worker saved for exits 0), with the node's flags
+    assert "launcher.py torchrun --output_dir" in r.stdout
+    assert ("--nnodes 2 --node_rank 1 --nproc_per_node 1 --rdzv_backend c10d "
             "--rdzv_endpoint 10.0.0.7:29511 --rdzv_id mn") in r.stdout and "--device cpu" in r.stdout
     assert "log: logs/mn/training.node1.log" in r.stdout
     assert not (workdir / "logs" / "mn" / "launch.json").exists()  # node 0 records the launch

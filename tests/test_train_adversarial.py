@@ -110,6 +110,7 @@ def test_tiny_adversarial_run_logs_finite_losses_and_exports_the_generator_only(
     assert not any("discriminator" in k or k.startswith(("mpd", "mrd")) for k in exported)
 
 
+@pytest.mark.slow
 def test_killed_adversarial_run_resumes_bit_identical(data, tmp_path, pycache_env):
     assert trainer.train(resolve_config(adv_flags(data, tmp_path / "whole", checkpoint_every=2))) == 0
     reference = load_checkpoint(tmp_path / "whole" / "latest.pt")
@@ -152,6 +153,7 @@ def test_plain_checkpoint_resumed_with_adversarial_starts_fresh_discriminators(d
     assert final["iteration"] == 6 and final["discriminator"]["disc_steps"] == 2
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_with_adversarial(data, tmp_path, pycache_env):
     out = tmp_path / "run"
     args = adv_flags(data, out, batch_size=2, checkpoint_every=4, max_steps=5, adversarial_warmup=True)

@@ -262,6 +262,7 @@ def test_bad_model_config_and_pretrained_fail_with_one_line(audio_dir, tmp_path,
     assert "--pretrained_model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_then_resume_on_one(audio_dir, tmp_path, pycache_env):
     """scripts/train_codec.py under torchrun, 2 CPU ranks on gloo: one writer, the validation split
     over the ranks and reduced (same value as one process of the saved weights), re-seeding on (its
@@ -306,6 +307,7 @@ def train_status(run: Path) -> str:
                           capture_output=True, text=True, timeout=60).stdout
 
 
+@pytest.mark.slow
 def test_group_sigterm_under_uv_run_saves_mid_run_exports_and_resumes(audio_dir, tmp_path, pycache_env):
     """`kill -TERM -- -PGID` (SLURM scancel, systemd) reaches uv and python; uv forwards it, so the
     trainer sees it twice within milliseconds: one stop request. It saves, exports, exits 0 mid-run."""
