@@ -155,6 +155,29 @@ def test_ranks_share_an_epoch_without_overlap_and_resharding_keeps_the_position(
     assert rest == list(order[2 * 2 * world_size:])
 
 
+def test_a_rank_resumed_mid_epoch_gets_the_batches_of_the_uninterrupted_run_padding_included():
+    # 9 rows on 2 ranks: the epoch is padded with one repeated item. It must be the epoch's first
+    # item whatever the position: before, a resume padded with the first item still LEFT, so rank 1's
+    # last batch differed and a DDP resume of the decoder trainer was not bit-identical
+    num_coarse = np.full(9, 5)
+
+    def batches(rank, steps_done):
+        s = WindowSampler(num_coarse, seed=0, rank=rank, world_size=2)
+        s.configure(2, 2, 1)
+        for _ in range(steps_done):
+            s.advance()
+        restored = WindowSampler(num_coarse, seed=0, rank=rank, world_size=2)
+        restored.configure(2, 2, 1)
+        restored.load_state_dict(s.state_dict())
+        return list(restored)
+
+    for rank in range(2):
+        whole = batches(rank, 0)
+        assert len(whole) == 3
+        for done in (1, 2):
+            assert batches(rank, done) == whole[done:], (rank, done)
+
+
 def test_validation_windows_are_fixed_and_cover_every_row_once():
     num_coarse = np.array([3, 10, 1, 7, 20])
     one = validation_items(num_coarse, n=4, multiple=2)

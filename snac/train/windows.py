@@ -212,8 +212,9 @@ class WindowSampler(torch.utils.data.Sampler):
         order = self.order(self.epoch)
         positions = np.arange(self.consumed, len(order))
         pad = -len(positions) % self.world_size
-        if pad:  # every rank gets the same number of items (repeat the first ones, like DistributedSampler)
-            positions = np.concatenate([positions, positions[:pad]])
+        if pad:  # every rank gets the same number of items: repeat the EPOCH's first ones (like
+            # DistributedSampler), not the first still left, so a resumed rank pads as the uninterrupted run
+            positions = np.concatenate([positions, np.arange(pad) % len(order)])
         positions = positions[self.rank::self.world_size]
         return positions, order[positions]
 
