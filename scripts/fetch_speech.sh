@@ -12,6 +12,7 @@ set -euo pipefail
 dest=${1:?usage: scripts/fetch_speech.sh DEST [letters|sentences|both]}
 which=${2:-letters}
 case "$which" in letters|sentences|both) ;; *) echo "second argument: letters, sentences or both, not '$which'" >&2; exit 2 ;; esac
+mkdir -p "$dest"; dest=$(cd "$dest" && pwd)  # absolute: the copies below run from other folders
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 unpack() {  # unpack PACKAGE: download the .deb into $tmp and extract it to $tmp/x
@@ -29,9 +30,11 @@ if [[ "$which" != sentences ]]; then
         case "$name" in pt_BR|ru|uk|tn) continue ;; esac  # held out (see above)
         compgen -G "$lang*/*.ogg" >/dev/null || continue
         mkdir -p "$dest/letters/$name"
-        (cd "$lang" && find . -name '*.ogg' -exec cp --parents {} "$dest/letters/$name/" \;)
+        (cd "$lang" && find . -name '*.ogg' -exec cp --parents {} "$dest/letters/$name/" +)
     done
-    echo "letters:   $(find "$dest/letters" -name '*.ogg' | wc -l) files in $dest/letters"
+    n=$(find "$dest/letters" -name '*.ogg' | wc -l)
+    (( n > 0 )) || { echo "no KLettres recordings found in the package: its layout changed?" >&2; exit 1; }
+    echo "letters:   $n files in $dest/letters"
 fi
 if [[ "$which" != letters ]]; then
     unpack tuxpaint-stamps-default
