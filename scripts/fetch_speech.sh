@@ -30,7 +30,7 @@ if [[ "$which" != sentences ]]; then
         case "$name" in pt_BR|ru|uk|tn) continue ;; esac  # held out (see above)
         compgen -G "$lang*/*.ogg" >/dev/null || continue
         mkdir -p "$dest/letters/$name"
-        (cd "$lang" && find . -name '*.ogg' -exec cp --parents {} "$dest/letters/$name/" +)
+        (cd "$lang" && find . -name '*.ogg' -exec cp --parents -t "$dest/letters/$name/" {} +)
     done
     n=$(find "$dest/letters" -name '*.ogg' | wc -l)
     (( n > 0 )) || { echo "no KLettres recordings found in the package: its layout changed?" >&2; exit 1; }
