@@ -32,7 +32,8 @@ Groups: with --val_dir, one (its files). With --speech_dir SPEECH (scripts/prepa
 the training uses SPEECH/train, the fine-tunes validate on SPEECH/val_seen, and the evaluation reports
 two groups, each its own table: 'heldout_languages' (SPEECH/val_heldout: languages never trained on)
 and 'heldout_files' (SPEECH/val_seen: unseen files of trained languages). results.json lists the
-files per language of each group (and splits.json's summary).
+files per language of each group (and splits.json's summary). val_heldout is not cached (nothing
+trains or validates on it): its unreadable, silent or too short files are skipped by the evaluation.
 
 Metrics per system (means over the group's files; with several seeds the mean over seeds and the
 min..max over seeds, std in results.json): mel distance, mel distance of the 0-12 kHz band (a head
