@@ -208,11 +208,12 @@ def test_speech_dir_and_seeds_end_to_end(speech, tmp_path):
     for recipe in qc.RECIPE_CONFIGS:
         for seed in (0, 1):
             assert (out / "runs" / recipe / f"seed{seed}" / "latest.pt").is_file()
-            assert results["stages"][f"{recipe}_seed{seed}"]["iterations"] == 2
+            assert results["stages"][f"{recipe}_seed{seed}"]["attempts"][-1]["end"] == "finished"
     for group in ("heldout_languages", "heldout_files"):
         rows = {row["system"]: row for row in results["groups"][group]["systems"]}
         assert list(rows) == list(qc.SYSTEMS)
         assert rows["adversarial_recipe"]["spread"]["mel_distance"]["n"] == 2
+        assert rows["seed_recipe"]["iterations"] == 2 and rows["seed_recipe"]["seeds"] == [0, 1]
         assert np.isfinite(rows["band_replication"]["mel_distance_low"])
     assert results["groups"]["heldout_languages"]["low_passed_files"] == 1
     assert "## heldout_languages" in proc.stdout and "## heldout_files" in proc.stdout
