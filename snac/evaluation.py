@@ -91,14 +91,21 @@ def spectrogram_png(path: Path, title: str, signals: dict[str, np.ndarray], rate
 
 
 def extra_metrics(ref: np.ndarray, est: np.ndarray, rate: int, band: tuple[float, float] | None,
-                  nominal_band: tuple[float, float], silence_db: float | None, errors: dict[str, str]) -> dict:
+                  nominal_band: tuple[float, float], silence_db: float | None, errors: dict[str, str],
+                  ref_cache: dict) -> dict:
     """The metrics beside ``all_metrics`` (module docstring); a metric that raises is None, its error
     in ``errors``. ``nominal_band``: the band the decoder is asked to fill, scored for invention when
-    the reference has no ``band``."""
+    the reference has no ``band``. ``ref_cache``: one dict per file, so the reference's own figures
+    are computed once for every system."""
+    def ref_tonal():
+        if "tonal" not in ref_cache:
+            ref_cache["tonal"] = tonal_prominence(ref, rate, *band)
+        return ref_cache["tonal"]
+
     metrics = {"mel_distance_low": lambda: mel_distance_low(ref, est, rate, silence_db=silence_db)}
     if band is not None:
         metrics["tonal"] = lambda: tonal_prominence(est, rate, *band)
-        metrics["ref_tonal"] = lambda: tonal_prominence(ref, rate, *band)
+        metrics["ref_tonal"] = ref_tonal
     else:
         metrics["invented_band_db"] = lambda: band_share_db(est, rate, *nominal_band, silence_db=silence_db)
     out = {"mel_distance_low": None, "tonal_max_db": None, "tonal_mean_db": None, "ref_tonal_max_db": None,
@@ -199,7 +206,7 @@ def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, syste
         clipped += band is not None and band[1] < high
         upsampled += src_rate < rate
         codes = encode_audio(base, resample(audio, src_rate, codec_rate), chunk_seconds, device=device)
-        decoded, raw = {}, {}  # raw: id(model) -> its decode, shared by a BandReplication of it
+        decoded, raw, ref_cache = {}, {}, {}  # raw: id(model) -> its decode, shared by a BandReplication of it
         for name, system in systems.items():
             # a BandReplication widens its base's whole decode at once: per chunk, each chunk's STFT
             # would start and end on its own (seams in the replicated band)
@@ -210,7 +217,8 @@ def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, syste
             decoded[name] = fit(resample(y, system.sampling_rate, rate), len(ref))
             errors: dict[str, str] = {}
             m = all_metrics(ref, decoded[name], rate, band, optional=optional, errors=errors, silence_db=silence_db)
-            m.update(extra_metrics(ref, decoded[name], rate, band, (low, min(high, rate / 2)), silence_db, errors))
+            m.update(extra_metrics(ref, decoded[name], rate, band, (low, min(high, rate / 2)), silence_db, errors,
+                                   ref_cache))
             for metric, value in m.items():
                 if finite_or_none(value) is None and value is not None:
                     m[metric], errors[metric] = None, f"not finite ({value})"
