@@ -17,7 +17,7 @@ Steps, each one the real script run as a subprocess (so this is what a user runs
   5. finetune_decoder_48khz.py --resume auto  part 2: continues mid-run from latest.pt to the end
   6. inference.py                           val audio -> codes -> 48 kHz wavs (+ stock 24 kHz decodes)
   7. scripts/export_pretrained.py           hub-layout export of the best model
-  8. scripts/evaluate.py                    metrics table and spectrograms, 48 kHz model vs stock
+  8. scripts/evaluate.py                    metrics table and spectrograms, 48 kHz model vs stock (+ band replication)
 and prints where every output is. The base is the small codec shipped in models/klettres_24khz
 (trained here on real speech, its codes carry information: see its README.md); --pretrained_model
 takes another (the published weights: download once, or a local directory in the hub layout);

@@ -7,16 +7,20 @@
 
 Each file is downmixed to mono; the reference is the file at ``--sample_rate`` (48 kHz). The
 codes come from the base model's encoder on the file resampled to the base rate; they are
-decoded by the checkpoint (48 kHz) and by the stock base decoder (24 kHz, resampled to 48 kHz),
-both trimmed to the reference's length; the noise is reseeded at every decoding chunk, so both
-systems draw the same noise on every chunk. Metrics (snac/metrics.py): mel distance,
-multi-resolution STFT distance, SI-SDR, log-spectral distance of the 12-24 kHz band, and PESQ-WB /
+decoded by the checkpoint (48 kHz), by the stock base decoder (24 kHz, resampled to 48 kHz) and,
+when the comparison rate is above the base's, by the stock decode widened with a classical band
+replication (snac/bwe.py: the DSP baseline a learned head has to beat), all trimmed to the
+reference's length; the noise is reseeded at every decoding chunk, so every system draws the same
+noise on every chunk. Metrics (snac/metrics.py): mel distance,
+multi-resolution STFT distance, SI-SDR, log-spectral distance of the 12-24 kHz band, mel distance of
+the 0-12 kHz band, tonal-line prominence of the output and of the reference in the band (for a
+file with no band: the share of the output's energy it puts there, 'invented'), and PESQ-WB /
 STOI at 16 kHz when the optional packages are installed. The band is scored only where the source
 has it: clipped at the source's Nyquist (16 kHz for a 32 kHz file), skipped when the source has
 nothing above its low edge (24 kHz and lower sources). A metric that fails on a file (PESQ finds
 no utterance, ...) is counted and reported per system, not dropped. Writes ``report.md`` and
 ``metrics.json`` (means, failures and per-file rows) and spectrogram PNGs comparing the original
-with both decodes. Without ``--checkpoint`` only the stock decoder is measured.
+with every decode. Without ``--checkpoint`` only the stock decoder and its band replication are measured.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snac import SNAC  # noqa: E402
+from snac.bwe import BandReplication  # noqa: E402
 from snac.audio import AUDIO_EXTENSIONS  # noqa: E402
 from snac.evaluation import evaluate_systems, find_eval_files, scored_band, skipped_note  # noqa: E402,F401 (scored_band: tests)
 from snac.hub import load_model  # noqa: E402
@@ -40,9 +45,13 @@ from snac.infer import load_codec_pair, resolve_device  # noqa: E402
 from snac.metrics import optional_metrics_available  # noqa: E402
 from snac.presets import DEFAULT_BASE  # noqa: E402
 
-COLUMNS = [("mel_distance", "mel dist. ↓", ".3f"), ("stft_distance", "MR-STFT dist. ↓", ".3f"),
+COLUMNS = [("mel_distance", "mel dist. ↓", ".3f"), ("mel_distance_low", "mel dist. 0-12 kHz ↓", ".3f"),
+           ("stft_distance", "MR-STFT dist. ↓", ".3f"),
            ("si_sdr", "SI-SDR dB ↑", ".2f"), ("lsd_high_band", "LSD {band} dB ↓", ".2f"),
            ("high_band_energy_db", "{band} energy dB (0 = right)", ".1f"),
+           ("tonal_max_db", "lines max dB", ".1f"), ("ref_tonal_max_db", "ref. lines max dB", ".1f"),
+           ("tonal_mean_db", "lines mean dB", ".2f"), ("ref_tonal_mean_db", "ref. lines mean dB", ".2f"),
+           ("invented_band_db", "invented {band} share dB (no-band files)", "+.1f"),
            ("pesq_wb", "PESQ-WB ↑", ".3f"), ("stoi", "STOI ↑", ".3f")]
 
 
@@ -98,7 +107,7 @@ def failure_notes(failures: dict[str, dict[str, list[str]]], counts: dict[str, i
     notes = []
     for system, per_metric in failures.items():
         for metric, items in per_metric.items():
-            notes.append(f"{labels[metric].split(' ')[0]} failed on {len(items)} of {counts[system]} file(s) "
+            notes.append(f"{labels.get(metric, metric).split(' ')[0]} failed on {len(items)} of {counts[system]} file(s) "
                          f"for {system}, left out of its mean (first: {items[0]})")
     return notes
 
@@ -156,9 +165,11 @@ def _main(argv: list[str] | None) -> int:
         raise SystemExit(f"error: {e}") from e
     base = base.to(device)
     systems: dict[str, torch.nn.Module] = {f"stock {base.sampling_rate // 1000} kHz": base}
+    rate, (low, high) = args.sample_rate, args.band_hz
+    if rate > base.sampling_rate:
+        systems[f"band replication {rate // 1000} kHz"] = BandReplication(base, rate)
     if model is not None:
         systems[f"model {model.sampling_rate // 1000} kHz"] = model.to(device)
-    rate, (low, high) = args.sample_rate, args.band_hz
     optional = optional_metrics_available()
     use_optional = not args.no_optional and any(optional.values())
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the hub's weight digest line

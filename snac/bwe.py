@@ -117,9 +117,12 @@ class BandReplication(torch.nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("base"), name)
 
+    def widen(self, y: np.ndarray) -> np.ndarray:
+        """(T,) decode of ``base`` -> (T * rate / base rate,) band-replicated at ``rate``."""
+        return band_replicate(y, self.base_sampling_rate, self.sampling_rate)
+
     @torch.no_grad()
     def decode(self, codes: list[torch.Tensor]) -> torch.Tensor:
         y = self.base.decode(codes)  # (B, 1, T)
-        rows = [band_replicate(r[0].float().cpu().numpy(), self.base_sampling_rate, self.sampling_rate)
-                for r in y]
+        rows = [self.widen(r[0].float().cpu().numpy()) for r in y]
         return torch.from_numpy(np.stack(rows))[:, None].to(y.device)

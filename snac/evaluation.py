@@ -4,8 +4,14 @@
 ``evaluate_systems`` encodes each file once with the base model's encoder (at the base rate), lets
 every system decode those codes with the same noise seed on every chunk, brings each output to the
 comparison rate, trims it to the reference and scores it with ``snac.metrics.all_metrics``; it can
-also write each system's decode as a wav and side-by-side spectrogram PNGs. ``codes_information``
-is the control that shows a base codec's codes carry information: its mel distance with its own
+also write each system's decode as a wav and side-by-side spectrogram PNGs. Beside the distances every
+row has ``mel_distance_low`` (the 0-12 kHz band: did a head damage what it inherited?), the tonal
+prominence of the output and of the reference in the scored band (``tonal_max_db`` / ``tonal_mean_db``,
+``ref_tonal_*``: stationary lines), and, for a file with no scored band (a low-passed recording),
+``invented_band_db``: the output's share of its energy in the band, which a decoder that does not
+invent a top band keeps far below 0 dB. A ``BandReplication`` system is decoded as its base (chunked,
+like every system) and widened once over the whole decode, so its STFT sees no chunk seams.
+``codes_information`` is the control that shows a base codec's codes carry information: its mel distance with its own
 codes against the same codes shuffled in time.
 """
 
@@ -22,9 +28,11 @@ import torch
 from .audio import AUDIO_EXTENSIONS, AudioError, load_audio, resample
 from .compiling import conv_precision
 from .infer import decode_codes, encode_audio
-from .metrics import all_metrics, band_share_db, mel_distance, min_samples
+from .bwe import BandReplication
+from .metrics import all_metrics, band_share_db, mel_distance, mel_distance_low, min_samples, tonal_prominence
 
-METRIC_KEYS = ("mel_distance", "stft_distance", "si_sdr", "lsd_high_band", "high_band_energy_db",
+METRIC_KEYS = ("mel_distance", "mel_distance_low", "stft_distance", "si_sdr", "lsd_high_band", "high_band_energy_db",
+               "tonal_max_db", "tonal_mean_db", "ref_tonal_max_db", "ref_tonal_mean_db", "invented_band_db",
                "pesq_wb", "stoi")
 
 
@@ -82,6 +90,39 @@ def spectrogram_png(path: Path, title: str, signals: dict[str, np.ndarray], rate
     plt.close(fig)
 
 
+def extra_metrics(ref: np.ndarray, est: np.ndarray, rate: int, band: tuple[float, float] | None,
+                  nominal_band: tuple[float, float], silence_db: float | None, errors: dict[str, str],
+                  ref_cache: dict) -> dict:
+    """The metrics beside ``all_metrics`` (module docstring); a metric that raises is None, its error
+    in ``errors``. ``nominal_band``: the band the decoder is asked to fill, scored for invention when
+    the reference has no ``band``. ``ref_cache``: one dict per file, so the reference's own figures
+    are computed once for every system."""
+    def ref_tonal():
+        if "tonal" not in ref_cache:
+            ref_cache["tonal"] = tonal_prominence(ref, rate, *band)
+        return ref_cache["tonal"]
+
+    metrics = {"mel_distance_low": lambda: mel_distance_low(ref, est, rate, silence_db=silence_db)}
+    if band is not None:
+        metrics["tonal"] = lambda: tonal_prominence(est, rate, *band)
+        metrics["ref_tonal"] = ref_tonal
+    else:
+        metrics["invented_band_db"] = lambda: band_share_db(est, rate, *nominal_band, silence_db=silence_db)
+    out = {"mel_distance_low": None, "tonal_max_db": None, "tonal_mean_db": None, "ref_tonal_max_db": None,
+           "ref_tonal_mean_db": None, "invented_band_db": None}
+    for name, compute in metrics.items():
+        try:
+            value = compute()
+        except Exception as e:
+            errors[name] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}".rstrip(": ")
+            continue
+        if name.endswith("tonal"):
+            out[f"{name}_max_db"], out[f"{name}_mean_db"] = value
+        else:
+            out[name] = value
+    return out
+
+
 class Skipped(Exception):
     """A file that cannot be scored; the message is the reason ('silent', 'too short: ...', ...)."""
 
@@ -137,7 +178,8 @@ def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, syste
     too short) are left out of every metric and listed in 'skipped' (relative path -> reason); a metric
     that is not finite on a file counts as a failure of that metric. Returns {'rows', 'mean', 'counts',
     'failures' (name -> metric -> ['file: error']), 'skipped', 'spectrograms', 'seconds', 'upsampled',
-    'no_band', 'clipped', 'band_empty'}; every number is finite or None (strict JSON).
+    'no_band', 'clipped', 'band_empty'}; every number is finite or None (strict JSON). The mean of
+    ``invented_band_db`` is over the files with no scored band only (the low-passed group).
     """
     low, high = band_hz
     codec_rate = base.sampling_rate
@@ -164,13 +206,19 @@ def evaluate_systems(files: list[Path], root: Path, base: torch.nn.Module, syste
         clipped += band is not None and band[1] < high
         upsampled += src_rate < rate
         codes = encode_audio(base, resample(audio, src_rate, codec_rate), chunk_seconds, device=device)
-        decoded = {}
+        decoded, raw, ref_cache = {}, {}, {}  # raw: id(model) -> its decode, shared by a BandReplication of it
         for name, system in systems.items():
-            # reseeded per chunk: a SNAC48 and its base draw the same trunk noise on every chunk
-            y = decode_codes(system, codes, chunk_seconds, device=device, seed=seed)
+            # a BandReplication widens its base's whole decode at once: per chunk, each chunk's STFT
+            # would start and end on its own (seams in the replicated band)
+            model = system.base if isinstance(system, BandReplication) else system
+            if id(model) not in raw:  # reseeded per chunk: a SNAC48 and its base draw the same trunk noise
+                raw[id(model)] = decode_codes(model, codes, chunk_seconds, device=device, seed=seed)
+            y = system.widen(raw[id(model)]) if model is not system else raw[id(model)]
             decoded[name] = fit(resample(y, system.sampling_rate, rate), len(ref))
             errors: dict[str, str] = {}
             m = all_metrics(ref, decoded[name], rate, band, optional=optional, errors=errors, silence_db=silence_db)
+            m.update(extra_metrics(ref, decoded[name], rate, band, (low, min(high, rate / 2)), silence_db, errors,
+                                   ref_cache))
             for metric, value in m.items():
                 if finite_or_none(value) is None and value is not None:
                     m[metric], errors[metric] = None, f"not finite ({value})"

@@ -36,7 +36,7 @@ def test_demo_runs_every_step_and_reports_its_outputs(tmp_path):
     assert {sf.info(str(p)).samplerate for p in model} == {48000}
     assert {sf.info(str(p)).samplerate for p in stock} == {24000}
     report = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(report["mean"]) == {"stock 24 kHz", "model 48 kHz"}
+    assert set(report["mean"]) == {"stock 24 kHz", "band replication 48 kHz", "model 48 kHz"}
     assert (out / "export" / "model.safetensors").is_file()
     for path in ("runs/demo48/loss_curves.png", "eval/report.md"):
         assert str(out / path) in proc.stdout

@@ -61,15 +61,23 @@ def test_evaluate_writes_markdown_json_and_spectrograms(tmp_path):
                           "--input_dir", str(data), "--output_dir", str(out), "--device", "cpu",
                           "--spectrograms", "2", "--no_optional"]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert list(report["mean"]) == ["stock 24 kHz", "model 48 kHz"]
-    assert report["counts"] == {"stock 24 kHz": 3, "model 48 kHz": 3}
+    systems = ["stock 24 kHz", "band replication 48 kHz", "model 48 kHz"]
+    assert list(report["mean"]) == systems
+    assert report["counts"] == dict.fromkeys(systems, 3)
     for means in report["mean"].values():
-        assert all(np.isfinite(means[k]) for k in ("mel_distance", "stft_distance", "si_sdr", "lsd_high_band"))
+        assert all(np.isfinite(means[k]) for k in ("mel_distance", "stft_distance", "si_sdr", "lsd_high_band",
+                                                   "mel_distance_low", "tonal_max_db", "tonal_mean_db",
+                                                   "ref_tonal_max_db", "invented_band_db"))
         assert means["pesq_wb"] is None and means["stoi"] is None
     lsd = [r["lsd_high_band"] for r in report["files"] if r["file"] == "c.wav"]
-    assert lsd == [None, None]
+    assert lsd == [None, None, None]
     # the stock decode has (almost) nothing above 12 kHz: its band distance is the larger one
-    assert report["mean"]["stock 24 kHz"]["lsd_high_band"] > report["mean"]["model 48 kHz"]["lsd_high_band"]
+    mean = report["mean"]
+    assert mean["stock 24 kHz"]["lsd_high_band"] > mean["model 48 kHz"]["lsd_high_band"]
+    assert mean["stock 24 kHz"]["lsd_high_band"] > mean["band replication 48 kHz"]["lsd_high_band"]
+    # the low band of the band replication is the stock decode's
+    assert abs(mean["band replication 48 kHz"]["mel_distance_low"] - mean["stock 24 kHz"]["mel_distance_low"]) < 0.05
     assert len(list((out / "spectrograms").glob("*.png"))) == 2
     md = (out / "report.md").read_text()
-    assert "| model 48 kHz |" in md and "LSD 12-24 kHz" in md and "PESQ-WB and STOI skipped" in md
+    assert "| model 48 kHz |" in md and "| band replication 48 kHz |" in md and "LSD 12-24 kHz" in md
+    assert "mel dist. 0-12 kHz" in md and "ref. lines max dB" in md and "PESQ-WB and STOI skipped" in md

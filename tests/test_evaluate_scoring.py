@@ -132,7 +132,8 @@ def test_metric_failures_are_counted_and_reported(models, tmp_path, monkeypatch)
                           "--input_dir", str(tmp_path / "data"), "--output_dir", str(out), "--device", "cpu",
                           "--spectrograms", "0"]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["failures"] == {"stock 24 kHz": {"pesq_wb": 1}, "model 48 kHz": {"pesq_wb": 1}}
+    assert report["failures"] == {"stock 24 kHz": {"pesq_wb": 1}, "band replication 48 kHz": {"pesq_wb": 1},
+                                  "model 48 kHz": {"pesq_wb": 1}}
     assert report["mean"]["model 48 kHz"]["pesq_wb"] == 3.0  # the mean of the files that were scored
     failed = [r for r in report["files"] if r["errors"]]
     assert {r["file"] for r in failed} == {"b.wav"}

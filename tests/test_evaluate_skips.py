@@ -27,7 +27,8 @@ def test_silent_unreadable_and_too_short_files_are_skipped_and_counted(models, t
     out = tmp_path / "out"
     assert _run(models, data, out) == 0
     report = _strict(out / "metrics.json")
-    assert report["settings"]["files"] == 2 and report["counts"] == {"stock 24 kHz": 2, "model 48 kHz": 2}
+    assert report["settings"]["files"] == 2 and report["counts"] == {"stock 24 kHz": 2, "band replication 48 kHz": 2,
+                                                                     "model 48 kHz": 2}
     assert {r["file"] for r in report["files"]} == {"a.wav", "b.wav"}
     assert set(report["settings"]["skipped"]) == {"silent.wav", "silent2.wav", "empty.wav", "short.wav"}
     mean = report["mean"]["model 48 kHz"]

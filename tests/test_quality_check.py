@@ -24,7 +24,7 @@ from snac import SNAC
 pytestmark = pytest.mark.slow  # the quality check end to end, every stage a subprocess
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ["baseline", "smart_init", "seed_recipe", "adversarial_recipe"]
+SYSTEMS = ["baseline", "smart_init", "band_replication", "seed_recipe", "adversarial_recipe"]
 
 
 def write_speechlike(folder: Path, names: list[str], rate: int, seed: int) -> None:
@@ -99,7 +99,8 @@ def test_every_stage_runs_and_results_are_complete(finished):
         for key in ("mel_distance", "lsd_high", "high_band_energy_db", "stft_distance"):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (row["system"], key, row[key])
         assert row["files"] == 2, row  # both val files scored
-    assert [row["iterations"] for row in results["systems"]] == [None, 0, 2, 2]
+    assert [row["iterations"] for row in results["systems"]] == [None, 0, None, 2, 2]
+    assert list(results["groups"]) == ["val"] and results["groups"]["val"]["systems"] == results["systems"]
     for key in ("base_mel_distance_init", "base_mel_distance_trained", "base_mel_distance_shuffled"):
         assert math.isfinite(results[key]) and results[key] > 0, key
     assert set(results["stages"]) == {"base", "cache", "adversarial_recipe", "seed_recipe", "evaluate"}
@@ -134,4 +135,4 @@ def test_rerun_skips_finished_stages_and_other_settings_are_refused(finished):
                             for i, f in enumerate(flags)])
     assert other.returncode != 0 and "holds a quality check with other settings (--finetune_steps 2 there, 3 now)" \
         in other.stderr
-    assert json.loads((out / "results.json").read_text())["systems"][2]["iterations"] == 2  # untouched
+    assert json.loads((out / "results.json").read_text())["systems"][3]["iterations"] == 2  # untouched

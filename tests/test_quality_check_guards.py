@@ -64,7 +64,7 @@ def fake_trainer(tmp_path: Path, states: dict[str, list[str]]) -> Path:
 
 def test_a_fine_tune_stopped_from_outside_is_not_finished_and_every_attempt_is_timed(folders, monkeypatch):
     script = fake_trainer(folders, {"adversarial_recipe": ["stopped", "finished"], "seed_recipe": ["finished"]})
-    monkeypatch.setattr(qc, "finetune_command", lambda args, recipe, base, caches, run_dir: [script, run_dir])
+    monkeypatch.setattr(qc, "finetune_command", lambda args, recipe, base, caches, run_dir, seed: [script, run_dir])
     args = args_for(folders, "--finetune_steps", "3")
     with pytest.raises(SystemExit, match="stage 'adversarial_recipe' ended with its trainer stopped at iteration 2, "
                                          "not finished .* rerun the same command to resume it"):
@@ -181,8 +181,9 @@ def test_only_the_val_files_the_cache_accepted_are_evaluated(folders):
     st = stages(folders, "--val_limit", "5")
     ev = qc.stage_evaluate(st, args_for(folders), folders / "base",
                            {r: folders / "m48" for r in ("seed_recipe", "adversarial_recipe")}, cache)
-    assert ev["files"] == 1 and ev["result"]["counts"]["seed_recipe"] == 1
-    assert ev["result"]["skipped"] == {"empty.wav": "rejected by the cache: empty audio (0 samples)"}
+    assert list(ev) == [""]  # --val_dir: one group
+    assert ev[""]["files"] == 1 and ev[""]["result"]["counts"]["seed_recipe"] == 1
+    assert ev[""]["result"]["skipped"] == {"empty.wav": "rejected by the cache: empty audio (0 samples)"}
     st.finish("base", source="x")
     for recipe in ("seed_recipe", "adversarial_recipe"):
         st.finish(recipe, iterations=1)
