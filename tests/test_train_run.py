@@ -124,8 +124,12 @@ def test_max_minutes_stops_after_the_step_that_used_it_up(data, tmp_path, monkey
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", step_35_seconds)
-    assert run(data, tmp_path, clock=lambda: now[0], batch_size=3, max_minutes=1, checkpoint_minutes=0) == 0
+    assert run(data, tmp_path, clock=lambda: now[0], batch_size=3, max_minutes=1, checkpoint_minutes=0,
+               log_every=1) == 0
     assert load_checkpoint(tmp_path / "latest.pt")["iteration"] == 2
+    # the ETA shown counts down to the time limit, not to the end of the plan (7 steps of 35 s)
+    etas = [r["eta_s"] for r in read_metrics(tmp_path) if r["type"] == "train"]
+    assert etas == [25.0, 0.0]
     assert log_lines(tmp_path, "time limit reached (--max_minutes 1) at iteration 2")
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "finished" and status["iteration"] == 2

@@ -620,7 +620,7 @@ def log_codec_step(run: CodecRun, log: RunLog, meter: Throughput, metrics: dict,
     """The log line, metrics.jsonl row, TensorBoard scalars and status.json of this step."""
     m = {k: v.item() for k, v in metrics.items()}
     it, total = run.iteration, run.cfg.max_steps
-    pace = meter.read(it, total)
+    pace = meter.read(it, total, run.cfg.max_minutes)
     levels = len(run.health.last_used)
     terms = " ".join(f"{name.split('/')[1]} {m[name]:.4f}" for name, _ in LOSS_TERMS if name in m)
     health = " ".join(f"{m[f'vq/perplexity_{i}']:.1f}/{m[f'vq/used_{i}']:.3f}" for i in range(levels))

@@ -132,12 +132,17 @@ class Throughput:
         self.audio_seconds += items * seconds_per_item
         self.steps += 1
 
-    def read(self, iteration: int, total: int) -> dict:
-        """{'samples_per_s', 'audio_s_per_s', 'step_s', 'eta_s'} over the window; starts a new one."""
+    def read(self, iteration: int, total: int, max_minutes: float | None = None) -> dict:
+        """{'samples_per_s', 'audio_s_per_s', 'step_s', 'eta_s'} over the window; starts a new one.
+        ``max_minutes`` (the run's time limit, counted from this meter's start): the ETA is the time
+        left to it when the limit comes before ``total`` iterations."""
         now = self.clock()
         elapsed = max(now - self.window_start, 1e-9)
         per_iter = (now - self.start) / max(iteration - self.start_iteration, 1)
+        eta = max(total - iteration, 0) * per_iter
+        if max_minutes is not None:
+            eta = min(eta, max(max_minutes * 60 - (now - self.start), 0.0))
         out = {"samples_per_s": self.samples / elapsed, "audio_s_per_s": self.audio_seconds / elapsed,
-               "step_s": elapsed / self.steps, "eta_s": max(total - iteration, 0) * per_iter}
+               "step_s": elapsed / self.steps, "eta_s": eta}
         self._reset(now)
         return out

@@ -249,7 +249,7 @@ def log_step(run: Run, state: TrainState, meter: Throughput, metrics: dict, lr: 
     cfg, it, epoch = run.cfg, state.iteration, epoch_info["epoch"]
     metrics = {k: v.item() for k, v in metrics.items()}
     total = total_iterations(cfg, run.plan)
-    pace = meter.read(it, total)
+    pace = meter.read(it, total, cfg.max_minutes)
     row = {"type": "train", "iteration": it, "epoch": epoch, "phase": state.phase, **metrics, "lr": lr,
            "samples_per_s": pace["samples_per_s"], "audio_s_per_s": pace["audio_s_per_s"],
            "step_s": pace["step_s"], "eta_s": pace["eta_s"], "bad_steps": state.bad_total, "time": time.time()}
