@@ -37,10 +37,15 @@ def power_excess_db(power: torch.Tensor, rate: int, median_hz: float = 1000.0) -
     return level - padded.unfold(0, 2 * half + 1, 1).median(-1).values
 
 
+def mean_power(x, n_fft: int = N_FFT) -> torch.Tensor:
+    """(n_fft/2 + 1,) time-averaged power spectrum of mono ``x`` (hann window, hop n_fft/4), float64."""
+    return _spectrum(torch.as_tensor(np.asarray(x, dtype=np.float32)), n_fft).abs().pow(2).mean(1)
+
+
 def excess_db(x, rate: int, n_fft: int = N_FFT, median_hz: float = 1000.0) -> torch.Tensor:
     """(n_fft/2 + 1,) how far each bin of mono ``x``'s time-averaged spectrum stands above the running
     median over ``median_hz`` (dB): a stationary line stands out, a smooth band does not."""
-    return _excess(_spectrum(torch.as_tensor(np.asarray(x, dtype=np.float32)), n_fft), rate, median_hz)
+    return power_excess_db(mean_power(x, n_fft), rate, median_hz)
 
 
 def find_lines(x, rate: int, low_hz: float = 12000.0, threshold_db: float = 6.0,

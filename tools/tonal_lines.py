@@ -29,15 +29,10 @@ from snac.audio import load_audio, resample  # noqa: E402
 from snac.evaluation import find_eval_files, spectrogram_png  # noqa: E402
 from snac.hub import load_model  # noqa: E402
 from snac.infer import decode_codes, encode_audio  # noqa: E402
-from snac.lines import N_FFT, power_excess_db  # noqa: E402
+from snac.lines import N_FFT, mean_power, power_excess_db  # noqa: E402
 from snac.metrics import tonal_prominence  # noqa: E402
 
 RATE = 48000
-
-
-def mean_power(x: np.ndarray) -> torch.Tensor:
-    window = torch.hann_window(N_FFT)
-    return torch.stft(torch.as_tensor(x), N_FFT, N_FFT // 4, window=window, return_complex=True).abs().pow(2).mean(1)
 
 
 def strongest(excess: np.ndarray, freqs: np.ndarray, lo: float, hi: float, n: int, spacing: int = 3) -> list[int]:
