@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="both recipes run exactly this many iterations instead (no time limit)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of each fine-tune's plan, the first head-only "
                                                          "(default: 3; the time limit may end it sooner)")
-    p.add_argument("--head", choices=("full", "lite"), default="full",
+    p.add_argument("--head", choices=("full", "sinc", "lite"), default="full",
                    help="the 48 kHz head of smart_init and both fine-tunes (finetune_decoder_48khz.py --head)")
     p.add_argument("--head_channels", type=int, default=None, help="branch channels of --head lite")
     p.add_argument("--codes_from", default=None,

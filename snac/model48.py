@@ -23,6 +23,16 @@ That is the ``full`` head (config ``head.type``; a saved config without a type i
 so at step 0 it is the interpolated stock output (every F-th sample equals the stock decode; the
 samples between equal the full head's start away from the file ends), and only the branch (and
 the copied output layers) run at the new rate or learn.
+
+The ``sinc`` head is the full head with a fixed windowed-sinc (Kaiser) interpolation of the trunk
+features in place of the learned transposed conv: zero-stuffing makes an image of the trunk's
+0-12 kHz spectrum (its stationary checkerboard lines included) in 12-24 kHz, which the full head's
+short interpolator and learned convs let through as tonal lines (docs/quality.md); this upsampler
+leaves none (stopband about -90 dB from 0.94 x the old Nyquist on, so the x2 checkerboard's line at
+12 kHz is gone too), and the added band can only come from the head's nonlinear layers. At init its
+final conv is the base kernel dilated by F: the output is the base output layers applied to the
+interpolated features (sample F*m is the base output up to the features' 11-12 kHz, which the
+cutoff removes).
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ from .vq import ResidualVectorQuantize
 
 BASE_KERNEL = 7  # kernel of the base decoder's final conv (SNAC's architecture)
 INTERP_TAPS = 6  # base-rate samples on each side that the initial output interpolation reads
+SINC_TAPS = 48  # base-rate samples on each side that the sinc head's upsampler reads
+SINC_CUTOFF = 0.94  # its cutoff as a fraction of the base Nyquist: -1 dB at 11 kHz, -86 dB at 12 kHz (x2 from 24 kHz)
+SINC_BETA = 9.0  # its Kaiser window's beta (stopband about -90 dB)
 BRANCH_INIT = 1e-3  # weight-norm magnitude of the lite branch's output conv at init (see LiteHead.smart_init)
 BRANCH_GAIN = 1.0  # fixed factor on the lite branch's output (lite heads of 2026-12-06 saved 10)
 
@@ -72,6 +85,33 @@ def sinc_interpolator(factor: int, taps: int) -> torch.Tensor:
     return interp
 
 
+def kaiser_interpolator(factor: int, taps: int, cutoff: float = SINC_CUTOFF, beta: float = SINC_BETA) -> torch.Tensor:
+    """(2*F*taps - 1,) float64 Kaiser-windowed sinc for xF interpolation of a zero-stuffed signal,
+    cutoff at ``cutoff`` x the old Nyquist, gain F in the passband. At cutoff 1 it is 1 at offset 0
+    and 0 at the other multiples of F (the kept samples stay exactly) but passes the old Nyquist at
+    -6 dB: a component there (a x2 stage's checkerboard) becomes a line at the old Nyquist."""
+    offsets = torch.arange(-(factor * taps - 1), factor * taps, dtype=torch.float64)
+    window = torch.kaiser_window(len(offsets), periodic=False, beta=beta, dtype=torch.float64)
+    return cutoff * torch.sinc(cutoff * offsets / factor) * window
+
+
+class SincUpsample(nn.Module):
+    """(B, C, T) -> (B, C, F*T): zero-stuff, then a fixed Kaiser-windowed sinc per channel (no
+    parameters: nothing to learn, no image of the input's spectrum above the old Nyquist)."""
+
+    def __init__(self, channels: int, factor: int, taps: int = SINC_TAPS, cutoff: float = SINC_CUTOFF):
+        super().__init__()
+        self.factor, self.channels = factor, channels
+        kernel = kaiser_interpolator(factor, taps, cutoff).float()
+        self.register_buffer("kernel", kernel.view(1, 1, -1).repeat(channels, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stuffed = x.new_zeros(x.shape[0], x.shape[1], self.factor * x.shape[-1])
+        stuffed[..., ::self.factor] = x
+        return nn.functional.conv1d(stuffed, self.kernel.to(x.dtype), padding=self.kernel.shape[-1] // 2,
+                                    groups=self.channels)
+
+
 def upsampler(channels: int, factor: int) -> nn.Module:
     """xF transposed conv (kernel 2F) as SNAC's decoder blocks upsample."""
     return wn_conv_transpose1d(channels, channels, kernel_size=2 * factor, stride=factor,
@@ -87,12 +127,22 @@ def zero_magnitude_(convs: list[nn.Module]) -> None:
 
 
 class UpsampleHead(nn.Module):
-    def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool, kernel: int | None = None):
+    """The full head (``sinc_taps`` None: learned transposed conv) or the sinc head (``sinc_taps``:
+    the fixed ``SincUpsample`` reading that many trunk samples on each side)."""
+
+    def __init__(self, channels: int, factor: int, noise: bool, depthwise: bool, kernel: int | None = None,
+                 sinc_taps: int | None = None, sinc_cutoff: float = SINC_CUTOFF):
         super().__init__()
         self.factor = factor
         kernel = final_kernel_size(factor) if kernel is None else kernel
-        self.taps = interp_taps(factor, kernel)  # the interpolator's half-length smart_init fills in
-        self.upsample = upsampler(channels, factor)
+        self.sinc = sinc_taps is not None
+        if self.sinc:
+            if kernel % 2 == 0 or kernel < factor * (BASE_KERNEL - 1) + 1:
+                raise ValueError(f"sinc head final_kernel {kernel} must be odd and >= {factor * (BASE_KERNEL - 1) + 1}")
+            self.upsample = SincUpsample(channels, factor, sinc_taps, sinc_cutoff)
+        else:
+            self.taps = interp_taps(factor, kernel)  # the interpolator's half-length smart_init fills in
+            self.upsample = upsampler(channels, factor)
         self.noise = NoiseBlock(channels) if noise else nn.Identity()
         self.residual = nn.Sequential(*residual_stack(channels, channels if depthwise else 1))
         self.snake = Snake1d(channels)
@@ -108,13 +158,6 @@ class UpsampleHead(nn.Module):
     def smart_init(self, base_snake: Snake1d, base_conv: nn.Conv1d) -> None:
         f = self.factor
         c = self.snake.alpha.shape[1]
-        # zero-stuffing: tap i of the transposed conv lands at output offset i - padding, so the
-        # tap at offset 0 alone is 1 -> sample F*m is input m, the F-1 samples between are 0.
-        # Snake(0) = 0, so the Snake output is the base's Snake output, zero-stuffed.
-        up = torch.zeros_like(self.upsample.weight)  # (C_in, C_out, 2F)
-        up[torch.arange(c), torch.arange(c), self.upsample.padding[0]] = 1.0
-        set_weight_norm_weight(self.upsample, up)
-        self.upsample.bias.zero_()
         # residual units and noise start as identities: zero magnitude on their output conv
         # (the direction stays random so it can learn once the magnitude moves off zero)
         zero_out = [unit.block[-1] for unit in self.residual]
@@ -122,18 +165,29 @@ class UpsampleHead(nn.Module):
             zero_out.append(self.noise.linear)
         zero_magnitude_(zero_out)
         self.snake.alpha.copy_(base_snake.alpha)
-        # final conv = base kernel dilated by F (so the output at samples F*m is the base output)
-        # convolved with a Hann-windowed sinc that fills the samples between (band-limited
-        # interpolation of the base's pre-tanh output).
+        self.conv.bias.copy_(base_conv.bias)
+        # the base kernel dilated by F: the output at samples F*m is the base output
         dilated = torch.zeros(base_conv.weight.shape[:2] + (f * (BASE_KERNEL - 1) + 1,), dtype=torch.float64)
         dilated[..., ::f] = base_conv.weight.double()  # (1, C, F*6+1)
+        if self.sinc:  # the features are interpolated already: the dilated kernel, centred, zeros around
+            side = (self.conv.weight.shape[-1] - dilated.shape[-1]) // 2
+            set_weight_norm_weight(self.conv, nn.functional.pad(dilated, (side, side)).to(self.conv.weight.dtype))
+            return
+        # zero-stuffing: tap i of the transposed conv lands at output offset i - padding, so the
+        # tap at offset 0 alone is 1 -> sample F*m is input m, the F-1 samples between are 0.
+        # Snake(0) = 0, so the Snake output is the base's Snake output, zero-stuffed.
+        up = torch.zeros_like(self.upsample.weight)  # (C_in, C_out, 2F)
+        up[torch.arange(c), torch.arange(c), self.upsample.padding[0]] = 1.0
+        set_weight_norm_weight(self.upsample, up)
+        self.upsample.bias.zero_()
+        # final conv = the dilated base kernel convolved with a Hann-windowed sinc that fills the
+        # samples between (band-limited interpolation of the base's pre-tanh output)
         interp = sinc_interpolator(f, self.taps)
         c_in = dilated.shape[1]
         # full convolution of every channel's kernel with the (symmetric) interpolator
         w = torch.nn.functional.conv1d(dilated.reshape(c_in, 1, -1), interp.reshape(1, 1, -1),
                                        padding=len(interp) - 1).reshape(1, c_in, -1)
         set_weight_norm_weight(self.conv, w.to(self.conv.weight.dtype))
-        self.conv.bias.copy_(base_conv.bias)
 
 
 class LiteHead(nn.Module):
@@ -183,7 +237,7 @@ class LiteHead(nn.Module):
         self.branch_out.parametrizations.weight.original0.fill_(self.branch_init)
 
 
-HEAD_TYPES = ("full", "lite")
+HEAD_TYPES = ("full", "lite", "sinc")
 
 
 def head_spec(kind: str = "full", branch_channels: int | None = None) -> dict:
@@ -205,6 +259,13 @@ def head_config(factor: int, head: dict | None, channels: int) -> dict:
     if kind == "full":
         return {"type": "full", "upsample_factor": factor,
                 "final_kernel": int(head.get("final_kernel", final_kernel_size(factor)))}
+    if kind == "sinc":
+        taps, cutoff = int(head.get("sinc_taps", SINC_TAPS)), float(head.get("sinc_cutoff", SINC_CUTOFF))
+        if taps < 1 or not 0 < cutoff <= 1:
+            raise ValueError(f"sinc head needs sinc_taps >= 1 and 0 < sinc_cutoff <= 1, got {taps}, {cutoff}")
+        return {"type": "sinc", "upsample_factor": factor,
+                "final_kernel": int(head.get("final_kernel", final_kernel_size(factor))), "sinc_taps": taps,
+                "sinc_cutoff": cutoff}
     width, taps = int(head.get("branch_channels", min(16, channels))), int(head.get("interp_taps", INTERP_TAPS))
     init, gain = float(head.get("branch_init", BRANCH_INIT)), float(head.get("branch_gain", BRANCH_GAIN))
     if width < 1 or taps < 1 or not (math.isfinite(init) and init >= 0 and math.isfinite(gain) and gain > 0):
@@ -242,8 +303,9 @@ class SNAC48(nn.Module):
         self.config = {"base": cfg, "target_sample_rate": target_sample_rate, "head": head}
         self.decoder = nn.Module()
         self.decoder.model = nn.Sequential(*layers)  # keys decoder.model.N as in the base
-        if head["type"] == "full":
-            self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"], head["final_kernel"])
+        if head["type"] in ("full", "sinc"):
+            self.head = UpsampleHead(channels, self.factor, cfg["noise"], cfg["depthwise"], head["final_kernel"],
+                                     head.get("sinc_taps"), head.get("sinc_cutoff", SINC_CUTOFF))
         else:
             self.head = LiteHead(channels, self.factor, cfg["noise"], cfg["depthwise"], head["branch_channels"],
                                  head["interp_taps"], head["branch_init"], head["branch_gain"])

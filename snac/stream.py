@@ -1,6 +1,6 @@
 """Streaming decode: codes pushed a few coarse frames at a time, audio out as soon as it is final.
 
-    dec = StreamingDecoder(model)            # a SNAC or a SNAC48 (full or lite head)
+    dec = StreamingDecoder(model)            # a SNAC or a SNAC48 (any head)
     pcm = dec.push(codes_of_k_frames)        # list of (B, n_i) ints -> (B, 1, m) final samples
     tail = dec.flush()                       # the rest, at the end of the stream
 
@@ -39,7 +39,7 @@ from .attention import LocalMHA
 from .infer import alignment_frames, codec_config, output_samples_per_frame, position_noise
 from .layers import DecoderBlock, NoiseBlock, ResidualUnit, Snake1d
 from .model import SNAC
-from .model48 import SNAC48, LiteHead, UpsampleHead
+from .model48 import SNAC48, LiteHead, SincUpsample, UpsampleHead
 
 
 MATMUL_BELOW = 16  # a transposed conv on fewer new inputs than this runs as one matmul
@@ -69,7 +69,7 @@ class _Pointwise(_Node):
 
 
 class _ZeroStuff(_Node):
-    """(B, C, n) -> (B, C, F*n): sample F*m is input m, the rest 0 (the lite head's interpolation)."""
+    """(B, C, n) -> (B, C, F*n): sample F*m is input m, the rest 0 (the interpolations of the lite and sinc heads)."""
 
     def __init__(self, factor: int):
         self.factor = factor
@@ -287,6 +287,9 @@ def _build(module: nn.Module) -> _Node:
         return _Attention(module)
     if isinstance(module, (Snake1d, nn.Tanh, nn.Identity)):
         return _Pointwise(module)
+    if isinstance(module, SincUpsample):
+        return _Chain([_ZeroStuff(module.factor), _Conv(module.kernel, None, module.kernel.shape[-1] // 2,
+                                                        groups=module.channels)])
     if isinstance(module, UpsampleHead):
         return _Chain([_build(m) for m in (module.upsample, module.noise, module.residual, module.snake,
                                            module.conv, module.tanh)])

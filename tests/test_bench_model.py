@@ -36,6 +36,7 @@ def test_emulated_tf32_rounds_every_conv1d_and_restores_it():
     assert not torch.equal(y, real(x, w))
 
 
+@pytest.mark.slow
 def test_code_flips_prints_every_mode(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_model.py", "--code_flips", "--device", "cpu", "--flips_files", "3",
                                       "--flips_model", str(REPO / "models" / "klettres_24khz")])

@@ -294,6 +294,7 @@ def test_sorted_order_caches_the_same_rows_as_list_order(corpus, tmp_path, capsy
             assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_the_whole_run_is_killed(corpus, tmp_path):
     cache = tmp_path / "cache"
     cmd = [sys.executable, str(REPO / "cache_codes_multigpu.py"), "--input_dir", str(corpus["audio"]),

@@ -204,3 +204,66 @@ def test_lite_head_round_trip_trains_and_old_configs_stay_full(tmp_path):
     assert old.config["head"]["type"] == "full" and type(old.head).__name__ == "UpsampleHead"
     with pytest.raises(ValueError, match="head type 'tiny'"):
         SNAC48(TINY_24KHZ, head={"type": "tiny"})
+
+
+# ---------------------------------------------------------------- the sinc head
+def test_sinc_upsampler_keeps_the_samples_and_leaves_no_image():
+    """A 9 kHz tone at 24 kHz, upsampled x2: the learned upsampler at its init (zero-stuffing) puts
+    an image as loud as the tone at 24 - 9 = 15 kHz; the sinc head's fixed upsampler leaves none."""
+    from snac.model48 import SincUpsample, upsampler
+
+    t = torch.arange(4800) / 24000
+    tone = torch.sin(2 * torch.pi * 9000 * t).reshape(1, 1, -1).repeat(1, 3, 1)
+    sinc = SincUpsample(3, 2, cutoff=1.0)  # at cutoff 1 the kept samples stay exactly
+    learned = upsampler(3, 2)
+    with torch.no_grad():
+        from snac.layers import set_weight_norm_weight
+        w = torch.zeros_like(learned.weight)
+        w[torch.arange(3), torch.arange(3), learned.padding[0]] = 1.0
+        set_weight_norm_weight(learned, w)
+        learned.bias.zero_()
+        outs = {name: up(tone)[0, 0] for name, up in (("sinc", sinc), ("learned", learned))}
+    assert torch.allclose(outs["sinc"][::2], tone[0, 0], atol=1e-6)  # the kept samples stay
+    for name, y in outs.items():
+        y = y[1200:-1200] * torch.hann_window(len(y) - 2400, dtype=y.dtype)  # away from the ends
+        spec = torch.fft.rfft(y).abs().pow(2)
+        freqs = torch.fft.rfftfreq(len(y), 1 / 48000)
+        at = lambda f: spec[(freqs - f).abs() < 100].max()  # noqa: E731
+        image_db = float(10 * torch.log10(at(15000) / at(9000)))
+        print(f"{name}: image at 15 kHz {image_db:.1f} dB re the 9 kHz tone")
+        assert (image_db < -80) if name == "sinc" else (image_db > -1)
+
+
+def test_sinc_head_starts_with_the_stock_samples_and_round_trips(tmp_path):
+    base = perturb_parameters_(SNAC(**TINY_24KHZ), seed=5).eval()
+    model = SNAC48.from_snac(base, head={"type": "sinc"}).eval()
+    assert model.config["head"] == {"type": "sinc", "upsample_factor": 2, "final_kernel": 35, "sinc_taps": 48,
+                                    "sinc_cutoff": 0.94}
+    exact = SNAC48.from_snac(base, head={"type": "sinc", "sinc_cutoff": 1.0}).eval()
+    with torch.inference_mode():
+        codes = base.encode(speechlike(1.0, 24000))
+        outs = []
+        for m in (base, exact, model):
+            torch.manual_seed(7)  # the trunk draws the same noise; the head's noise gain starts at 0
+            outs.append(m.decode(codes))
+    stock, out_exact, out48 = outs
+    assert (out_exact[..., ::2] - stock).abs().max() < 1e-5  # cutoff 1: the stock samples exactly
+    # the default cutoff (0.94 x 12 kHz) leaves out the features' top kHz, and the Snake now runs on
+    # interpolated features (not linear between the kept samples): close to stock below 10 kHz, not
+    # equal (22.6 dB on this random tiny base; cutoff 1: 26.7; the full head's start: 33.1)
+    lowpass = lambda x: AF.lowpass_biquad(AF.lowpass_biquad(x, 24000, 10000), 24000, 10000)  # noqa: E731
+    snr = snr_db(lowpass(stock), lowpass(AF.resample(out48, 48000, 24000)))
+    print(f"sinc head at init, default cutoff: SNR below 10 kHz vs stock {snr:.1f} dB")
+    assert snr >= 18
+    assert sum(p.numel() for p in model.head.upsample.parameters()) == 0  # nothing to learn there
+    trained = perturb_parameters_(model, seed=6)
+    trained.save_pretrained(tmp_path / "sinc")
+    again = SNAC48.from_pretrained(tmp_path / "sinc")
+    assert again.config == trained.config
+    with torch.inference_mode():
+        torch.manual_seed(8)
+        reloaded = again.decode(codes)
+        torch.manual_seed(8)  # the same noise draws
+        assert torch.equal(reloaded, trained.eval().decode(codes))
+    with pytest.raises(ValueError, match="sinc_taps >= 1"):
+        SNAC48(base.config, head={"type": "sinc", "sinc_taps": 0})

@@ -37,7 +37,8 @@ def test_state_dict_layout_equals_reference(ref, name):
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
 
-@pytest.mark.parametrize("cfg", [SNAC_24KHZ, SNAC_32KHZ], ids=["24khz", "32khz"])
+@pytest.mark.parametrize("cfg", [pytest.param(SNAC_24KHZ, id="24khz"),  # the 32 kHz layout (attention) in the slow lane
+                                 pytest.param(SNAC_32KHZ, id="32khz", marks=pytest.mark.slow)])
 def test_codes_and_decode_equal_reference(ref, cfg):
     torch.manual_seed(0)
     # every tensor away from its init (Snake alphas, biases, magnitudes): a layer of ours that

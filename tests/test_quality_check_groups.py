@@ -131,6 +131,7 @@ def speech(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_speech_dir_reports_two_groups_with_seeds_listening_links_and_the_low_passed_files(speech, tmp_path):
     torch.manual_seed(0)
     base = SNAC(**TINY_24KHZ).eval()

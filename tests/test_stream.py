@@ -15,7 +15,7 @@ from snac.presets import TINY_24KHZ, TINY_32KHZ
 from snac.stream import StreamingDecoder, frames_from_interleaved, interleave
 
 TOL = 1e-5
-NAMES = ("snac24", "snac32_attention", "snac48_full", "snac48_lite")
+NAMES = ("snac24", "snac32_attention", "snac48_full", "snac48_lite", "snac48_sinc")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def models():
         "snac32_attention": perturb_parameters_(SNAC(**TINY_32KHZ).eval(), 2),
         "snac48_full": perturb_parameters_(SNAC48.from_snac(base).eval(), 3),
         "snac48_lite": perturb_parameters_(SNAC48.from_snac(base, head={"type": "lite"}).eval(), 4),
+        "snac48_sinc": perturb_parameters_(SNAC48.from_snac(base, head={"type": "sinc"}).eval(), 5),
     }
 
 

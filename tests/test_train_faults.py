@@ -179,6 +179,7 @@ def test_group_sigterm_under_torchrun_via_the_launcher_exits_zero_once_every_wor
     assert status["state"] == "stopped" and load_checkpoint(out / "latest.pt")["iteration"] == status["iteration"]
 
 
+@pytest.mark.slow
 def test_launcher_torchrun_passes_on_a_failure_without_a_stop_signal(tmp_path):
     # a run dir whose status.json says 'stopped' at latest.pt's iteration (an earlier, clean stop):
     # a torchrun that fails now, with no signal, must not be reported as a clean stop

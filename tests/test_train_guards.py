@@ -204,7 +204,7 @@ def test_discriminators_of_another_recipe_are_refused_at_restore():
     (["--max_minutes", "0"], "--max_minutes must be > 0"),
     (["--num_workers", "-1"], "--num_workers must be >= 0"),
     (["--target_sample_rate", "0"], "--target_sample_rate must be positive"),
-    (["--head", "huge"], "--head must be 'full' or 'lite'"),
+    (["--head", "huge"], "--head must be one of full, lite, sinc"),
     (["--head_channels", "8"], "--head_channels 8: only for --head lite"),
 ])
 def test_decoder_flag_checks_each_alone(extra, message):

@@ -84,6 +84,7 @@ def listing(directory: Path) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- item 1: refusals touch nothing
+@pytest.mark.slow
 def test_codec_resume_refused_in_a_second_process_renames_nothing_and_auto_resumes(audio, tmp_path, pycache_env):
     """The issue's repro: a finished run; ``--resume`` with a checkpoint of another config (a real
     second process: rc 2, one line); the run dir is untouched, so ``--resume auto`` resumes it."""
@@ -245,6 +246,7 @@ def test_decoder_second_trainer_on_a_locked_dir_names_the_pid(data, tmp_path, ca
     assert train_in_process(data, out, epochs=2, max_steps=2, resume="auto") == 0  # the kernel dropped the lock
 
 
+@pytest.mark.slow
 def test_codec_second_trainer_on_a_running_dir_exits_2_naming_the_pid(audio, tmp_path, capsys, pycache_env):
     out = tmp_path / "run"
     first = codec_process(audio, out, pycache_env, "--max_steps", "100000", "--resume", "auto",

@@ -2,9 +2,10 @@
 """Where do the stationary lines in a 48 kHz head's added band come from? (docs/quality.md)
 
   uv run python tools/tonal_lines.py --base BASE_DIR --val_dir HELD_OUT \
-      --system finetuned=RUN/latest.pt [--system cleaned=RUN2/latest.pt ...] [--output_dir OUT]
+      --system finetuned=RUN/latest.pt [--system cleaned=RUN2/latest.pt ...] [--init full --init sinc]
+    [--output_dir OUT]
 
-Decodes every val file with the base (its 24 kHz "trunk" decode), SNAC48 at its smart init and each
+Decodes every val file with the base (its 24 kHz "trunk" decode), SNAC48 at its smart init (each ``--init`` head) and each
 ``--system``; prints, per system, the per-file tonal prominence in 12-22 kHz (mean over files of
 ``snac.metrics.tonal_prominence``: largest and mean positive excess over the 1 kHz running median,
 dB) and the strongest lines of the corpus-average spectrum; then the mirror test: the base decode's
@@ -31,6 +32,7 @@ from snac.hub import load_model  # noqa: E402
 from snac.infer import decode_codes, encode_audio  # noqa: E402
 from snac.lines import N_FFT, mean_power, power_excess_db  # noqa: E402
 from snac.metrics import tonal_prominence  # noqa: E402
+from snac.model48 import HEAD_TYPES  # noqa: E402
 
 RATE = 48000
 
@@ -53,13 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val_dir", required=True, help="held-out audio (searched recursively)")
     p.add_argument("--system", action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="a SNAC48 checkpoint or export to compare (repeatable)")
+    p.add_argument("--init", action="append", choices=HEAD_TYPES, default=None,
+                   help="a head whose smart init (untrained) to compare, as smart_init[_HEAD] (repeatable; default: full)")
     p.add_argument("--output_dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="the first N val files")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
     base = SNAC.from_pretrained(args.base).eval()
-    systems = {"smart_init": SNAC48.from_snac(base).eval()}
+    systems = {"smart_init" + ("" if head == "full" else f"_{head}"): SNAC48.from_snac(base, head={"type": head}).eval()
+               for head in args.init or ["full"]}
     for item in args.system:
         name, sep, path = item.partition("=")
         if not sep:

@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from ..compiling import BACKEND_HELP, check_backend
+from ..model48 import HEAD_TYPES
 from ..presets import DEFAULT_BASE
 
 
@@ -48,8 +49,9 @@ class TrainConfig:
     seed: int = _opt(1234, "seed of windows, shuffling, model noise: same seed -> same run")
     # ---- schedule ----
     target_sample_rate: int = _opt(48000, "48000: new x2 head (SNAC48); 24000: fine-tune the stock decoder")
-    head: str = _opt("full", "the new head: 'full' (every output layer at the new rate) or 'lite' (the stock "
-                             "output layers at the base rate, sinc-interpolated, + a narrow learned branch)")
+    head: str = _opt("full", "the new head: 'full' (every output layer at the new rate), 'sinc' (the full head "
+                             "with a fixed image-free upsampler) or 'lite' (the stock output layers at the base "
+                             "rate, sinc-interpolated, + a narrow learned branch)")
     head_channels: int | None = _opt(None, "channels of the lite head's branch (default: min(16, the trunk's))")
     branch_lr_scale: float = _opt(30.0, "lite head: lr multiplier of the branch's output conv, in its own AdamW "
                                         "group (1: one lr for the whole head, as lite runs before it had)")
@@ -306,7 +308,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.num_workers >= 0, f"--num_workers must be >= 0, got {cfg.num_workers}")
     need(cfg.target_sample_rate > 0, f"--target_sample_rate must be positive, got {cfg.target_sample_rate}")
     need(not (cfg.fresh and cfg.resume), f"--fresh and --resume {cfg.resume} both given: drop one")
-    need(cfg.head in ("full", "lite"), f"--head must be 'full' or 'lite', got {cfg.head!r}")
+    need(cfg.head in HEAD_TYPES, f"--head must be one of {', '.join(HEAD_TYPES)}, got {cfg.head!r}")
     need(cfg.head_channels is None or (cfg.head == "lite" and cfg.head_channels >= 1),
          f"--head_channels {cfg.head_channels}: only for --head lite, and >= 1")
     try:
