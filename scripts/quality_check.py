@@ -479,6 +479,7 @@ def evaluate_group(st: Stages, args: argparse.Namespace, base, systems: dict, gr
     scored = len(files) - len(result["skipped"])
     result["skipped"] = {**rejected, **result["skipped"]}
     return {"result": result, "base_own": info["own"], "base_shuffled": info["shuffled"], "base_init": init["own"],
+            "base_code_use": info["code_use"],
             "files": scored, "dir": str(root), "prefix": f"{group}/" if group else ""}
 
 
@@ -544,7 +545,7 @@ def group_results(st: Stages, args: argparse.Namespace, ev: dict) -> dict:
             "band_files": ev["files"] - result["no_band"], "band_empty_files": result["band_empty"],
             "low_passed_files": result["no_band"],
             "base_mel_distance_init": ev["base_init"], "base_mel_distance_trained": ev["base_own"],
-            "base_mel_distance_shuffled": ev["base_shuffled"],
+            "base_mel_distance_shuffled": ev["base_shuffled"], "base_code_use": ev.get("base_code_use"),
             "failures": {k: {m: len(v) for m, v in per.items()} for k, per in result["failures"].items()},
             "skipped": result["skipped"], "spectrograms": [ev["prefix"] + p for p in result["spectrograms"]],
             "listening": listening(ev, list(result["mean"]))}
@@ -600,7 +601,9 @@ def group_markdown(name: str, g: dict, band: str, several_seeds: bool) -> list[s
     gain = (1 - own / shuf) * 100 if own is not None and shuf else float("nan")
     lines += ["", f"Base codec at its own rate, mel distance: {own:.3f} with its codes, {shuf:.3f} with the same "
                   f"codes shuffled in time ({gain:.0f}% lower with the real order: the codes carry information"
-                  f"{'' if gain >= 30 else ' only weakly'}), {init:.3f} at random initialisation."]
+                  f"{'' if gain >= 30 else ' only weakly'}), {init:.3f} at random initialisation."
+              + ("" if not g.get("base_code_use") else " Codebook use over these files (share of each level's codes "
+                 "used): " + ", ".join(f"{u:.0%}" for u in g["base_code_use"]) + ".")]
     if g["skipped"]:
         lines += ["", f"Not evaluated: {skipped_note(g['skipped'])}."]
     failures = {k: v for k, v in g["failures"].items() if v}

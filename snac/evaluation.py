@@ -263,9 +263,11 @@ def codes_information(base: torch.nn.Module, files: list[Path], *, silence_db: f
                       device: torch.device | str = "cpu") -> dict[str, float | None]:
     """Mean mel distance (at the base rate) of the base decoding its own codes, and the same codes
     shuffled in time (``shuffle_codes``, seeded). A codec whose codes carry information is much worse
-    shuffled; one whose decoder ignores them is not. -> {'own', 'shuffled', 'files'}."""
+    shuffled; one whose decoder ignores them is not. Also the codebook use: per level, the share of
+    its codes that any file's codes use. -> {'own', 'shuffled', 'code_use', 'files'}."""
     rate = base.sampling_rate
     own, shuffled = [], []
+    used = [torch.zeros(q.codebook.num_embeddings, dtype=torch.bool) for q in base.quantizer.quantizers]
     generator = torch.Generator().manual_seed(seed)
     for path in files:
         try:
@@ -274,7 +276,10 @@ def codes_information(base: torch.nn.Module, files: list[Path], *, silence_db: f
             continue  # evaluate_systems lists it
         ref = resample(audio, src_rate, rate)
         codes = encode_audio(base, ref, chunk_seconds, device=device)
+        for level, c in zip(used, codes):
+            level[c.cpu()] = True
         for codes_used, bucket in ((codes, own), (shuffle_codes(codes, base.vq_strides, generator), shuffled)):
             y = fit(decode_codes(base, codes_used, chunk_seconds, device=device, seed=seed), len(ref))
             bucket.append(mel_distance(ref, y, rate, silence_db))
-    return {"own": mean(own), "shuffled": mean(shuffled), "files": len(files)}
+    return {"own": mean(own), "shuffled": mean(shuffled), "code_use": [u.float().mean().item() for u in used],
+            "files": len(files)}

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torchaudio.functional as AF
 
@@ -88,6 +89,17 @@ def test_the_control_shows_no_information_when_the_decoder_ignores_the_codes(tmp
     cut = codes_information(model, files)
     assert cut["own"] == cut["shuffled"] and cut["files"] == 2
     assert connected["own"] != connected["shuffled"]
+    # codebook use: per level, the distinct codes of both files' codes over the codebook size (of
+    # the model as it is now: with the projections out at 0 every level encodes the whole latent)
+    from snac.audio import load_audio, resample
+    from snac.infer import encode_audio
+    distinct = [set() for _ in model.vq_strides]
+    for f in files:
+        audio = resample(load_audio(f, mono=True)[0], RATE, model.sampling_rate)
+        for seen, c in zip(distinct, encode_audio(model, audio)):
+            seen.update(c.tolist())
+    assert cut["code_use"] == pytest.approx([len(d) / TINY_24KHZ["codebook_size"] for d in distinct])
+    assert 0 < min(connected["code_use"]) and max(connected["code_use"]) < 1
 
 
 def test_load_model_needs_no_earlier_import_of_the_model_classes(tmp_path):
