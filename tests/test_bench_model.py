@@ -48,6 +48,7 @@ def test_code_flips_prints_every_mode(monkeypatch, capsys):
     assert batch.split("alone")[1].split()[:3] == ["0.000"] * 3  # on a CPU, batched codes equal each file's own
 
 
+@pytest.mark.slow
 def test_gpu_check_fails_without_a_gpu_and_refuses_unknown_steps(tmp_path):
     """tools/gpu_check.sh on this CPU machine: the env and tests steps fail (a skipped GPU test
     must not pass as a GPU check), each step's output is in its log; an unknown step stops it

@@ -65,6 +65,7 @@ def test_config_defaults_flags_and_json():
         resolve_config(["--train_codes", "x", "--mpd_channels", "4,x"])
 
 
+@pytest.mark.slow
 def test_tiny_adversarial_run_logs_finite_losses_and_exports_the_generator_only(data, tmp_path):
     out = tmp_path / "run"
     assert trainer.train(resolve_config(adv_flags(data, out, checkpoint_every=3))) == 0

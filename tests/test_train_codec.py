@@ -67,6 +67,7 @@ def fixed_batch_mel(model: SNAC, audio_dir: Path) -> float:
     return float(mel_loss(pred, audio, mask, model.sampling_rate).mean())
 
 
+@pytest.mark.slow
 def test_losses_finite_and_mel_distance_falls_in_30_steps(audio_dir, tmp_path):
     assert train(audio_dir, tmp_path / "init", "--max_steps", "0") == 0
     assert train(audio_dir, tmp_path / "run", "--max_steps", "30", "--learning_rate", "3e-3",
@@ -101,7 +102,7 @@ def same(a, b, path="") -> None:
         assert a == b, path
 
 
-@pytest.mark.parametrize("stop_by", ["max_steps", "sigterm"])
+@pytest.mark.parametrize("stop_by", ["max_steps", pytest.param("sigterm", marks=pytest.mark.slow)])
 def test_stop_and_resume_auto_is_bit_identical(audio_dir, tmp_path, monkeypatch, stop_by):
     """6 steps in one run == 3 steps stopped by --max_steps (or 4, stopped by a SIGTERM that the
     trainer catches: it saves and exits 0), then --resume auto to 6: every state torch.equal."""
