@@ -1,5 +1,5 @@
 """Speed of our SNAC against upstream SNAC 1.2.1 on the same weights, and SNAC48 vs stock decode
-(the full head, and the lite head at --lite_channels branch widths).
+(the full head, the sinc head, and the lite head at --lite_channels branch widths).
 
     uv run python benchmarks/bench_model.py [--seconds 10] [--repeats 5] [--device cpu|cuda] [--lite_channels 16,32]
     uv run python benchmarks/bench_model.py --modes   # + eager/compiled x fp32/bf16 decodes, ratios to stock eager fp32
@@ -339,6 +339,7 @@ def main() -> None:
         ours.load_state_dict(ref.state_dict())
     folded = fold_weight_norm(SNAC(**SNAC_24KHZ).eval().to(dev).requires_grad_(False), ours.state_dict())
     m48 = SNAC48.from_snac(ours).eval()
+    m48_sinc = SNAC48.from_snac(ours, head={"type": "sinc"}).eval()
     m48_folded = fold_weight_norm(SNAC48(SNAC_24KHZ).eval().to(dev).requires_grad_(False), m48.state_dict())
     lites = {int(c): SNAC48.from_snac(ours, head={"type": "lite", "branch_channels": int(c)}).eval()
              for c in args.lite_channels.split(",") if c}
@@ -353,6 +354,7 @@ def main() -> None:
             "stock 24k decode": lambda: ours.decode(codes),
             "SNAC48 decode": lambda: m48.decode(codes),
             "SNAC48 folded decode": lambda: m48_folded.decode(codes),
+            "SNAC48 sinc decode": lambda: m48_sinc.decode(codes),
             **{f"SNAC48 lite-{c} decode": (lambda m=m: m.decode(codes)) for c, m in lites.items()},
         }
         for fn in cases.values():  # warm-up
@@ -373,13 +375,14 @@ def main() -> None:
               f"{med['ours folded encode+decode'] / med['reference encode+decode']:.3f}")
     print(f"SNAC48 / stock 24k decode:               {med['SNAC48 decode'] / med['stock 24k decode']:.3f}")
     print(f"SNAC48 folded / stock 24k decode:        {med['SNAC48 folded decode'] / med['stock 24k decode']:.3f}")
+    print(f"SNAC48 sinc / stock 24k decode:          {med['SNAC48 sinc decode'] / med['stock 24k decode']:.3f}")
     if args.memory_seconds > 0:  # peak memory of one decode above the loaded model, as a ratio to stock
-        heads = {"stock 24k": None, "SNAC48 full": {"type": "full"},
+        heads = {"stock 24k": None, "SNAC48 full": {"type": "full"}, "SNAC48 sinc": {"type": "sinc"},
                  **{f"SNAC48 lite-{c}": {"type": "lite", "branch_channels": c} for c in lites}}
         if dev == "cuda":
             with torch.inference_mode():
                 long_codes = ours.encode(0.1 * torch.randn(1, 1, int(args.memory_seconds * 24000), device=dev))
-            models = {"stock 24k": ours, "SNAC48 full": m48, **{f"SNAC48 lite-{c}": m for c, m in lites.items()}}
+            models = {"stock 24k": ours, "SNAC48 full": m48, "SNAC48 sinc": m48_sinc, **{f"SNAC48 lite-{c}": m for c, m in lites.items()}}
             peaks = {k: cuda_peak_mib(models[k], long_codes) for k in heads}
         else:
             peaks = {k: cpu_peak_mib(h, args.memory_seconds) for k, h in heads.items()}

@@ -97,19 +97,28 @@ def kaiser_interpolator(factor: int, taps: int, cutoff: float = SINC_CUTOFF, bet
 
 class SincUpsample(nn.Module):
     """(B, C, T) -> (B, C, F*T): zero-stuff, then a fixed Kaiser-windowed sinc per channel (no
-    parameters: nothing to learn, no image of the input's spectrum above the old Nyquist)."""
+    parameters: nothing to learn, no image of the input's spectrum above the old Nyquist).
+
+    Computed polyphase: output phase p (samples F*m + p) is a (2*taps + 1)-tap conv of the input at
+    the base rate, so no product with a stuffed zero is formed. ``kernel`` (the zero-stuffed form)
+    is what the streaming decoder runs."""
 
     def __init__(self, channels: int, factor: int, taps: int = SINC_TAPS, cutoff: float = SINC_CUTOFF):
         super().__init__()
-        self.factor, self.channels = factor, channels
-        kernel = kaiser_interpolator(factor, taps, cutoff).float()
-        self.register_buffer("kernel", kernel.view(1, 1, -1).repeat(channels, 1, 1), persistent=False)
+        self.factor, self.channels, self.taps = factor, channels, taps
+        h = kaiser_interpolator(factor, taps, cutoff)  # offsets -(F*taps - 1) ... F*taps - 1
+        self.register_buffer("kernel", h.float().view(1, 1, -1).repeat(channels, 1, 1), persistent=False)
+        # phase p, tap j reads input m + j - taps for output F*m + p: offset F*(taps - j) + p of h
+        offsets = factor * (taps - torch.arange(2 * taps + 1)).view(1, -1) + torch.arange(factor).view(-1, 1)
+        centre = factor * taps - 1
+        inside = (offsets + centre >= 0) & (offsets + centre < len(h))
+        phases = torch.where(inside, h[(offsets + centre).clamp(0, len(h) - 1)], torch.zeros((), dtype=h.dtype))
+        self.register_buffer("phases", phases.float().unsqueeze(1).repeat(channels, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stuffed = x.new_zeros(x.shape[0], x.shape[1], self.factor * x.shape[-1])
-        stuffed[..., ::self.factor] = x
-        return nn.functional.conv1d(stuffed, self.kernel.to(x.dtype), padding=self.kernel.shape[-1] // 2,
-                                    groups=self.channels)
+        b, c, t = x.shape
+        y = nn.functional.conv1d(x, self.phases.to(x.dtype), padding=self.taps, groups=c)  # (B, C*F, T)
+        return y.view(b, c, self.factor, t).transpose(2, 3).reshape(b, c, self.factor * t)
 
 
 def upsampler(channels: int, factor: int) -> nn.Module:

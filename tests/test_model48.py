@@ -224,6 +224,13 @@ def test_sinc_upsampler_keeps_the_samples_and_leaves_no_image():
         learned.bias.zero_()
         outs = {name: up(tone)[0, 0] for name, up in (("sinc", sinc), ("learned", learned))}
     assert torch.allclose(outs["sinc"][::2], tone[0, 0], atol=1e-6)  # the kept samples stay
+    for factor, taps, cutoff in ((2, 48, 0.94), (3, 4, 0.9)):  # polyphase == zero-stuff + kernel (streaming's form)
+        up = SincUpsample(4, factor, taps, cutoff)
+        x = torch.randn(2, 4, 37, dtype=torch.float64)
+        stuffed = x.new_zeros(2, 4, factor * 37)
+        stuffed[..., ::factor] = x
+        direct = torch.nn.functional.conv1d(stuffed, up.kernel.double(), padding=up.kernel.shape[-1] // 2, groups=4)
+        assert torch.allclose(up(x), direct, atol=1e-12)
     for name, y in outs.items():
         y = y[1200:-1200] * torch.hann_window(len(y) - 2400, dtype=y.dtype)  # away from the ends
         spec = torch.fft.rfft(y).abs().pow(2)
