@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from helpers_cache import load_script, write_audio
 
 prep = load_script("scripts/prepare_dataset_folder.py")
@@ -140,3 +142,36 @@ def test_bad_inputs_are_refused_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 4))
+
+
+def test_prepare_speech_holds_out_whole_languages_and_reports_the_counts(tmp_path, capsys, monkeypatch):
+    """scripts/prepare_speech.py: held-out languages only in val_heldout (every set), the rest split
+    train / val_seen by a stable hash, symlinks to the sources, splits.json's counts; a rerun needs --force."""
+    import json
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))  # as when run as a script
+    speech = load_script("scripts/prepare_speech.py")
+    sets = {"letters": tmp_path / "letters", "running": tmp_path / "running"}
+    for name, root in sets.items():
+        for lang in ("fr", "ru", "da"):
+            for i in range(6):
+                write_audio(root / lang / f"{name}{i}.wav", 0.1, 16000, seed=i)
+    out = tmp_path / "speech"
+    argv = ["--sets", *(f"{k}={v}" for k, v in sets.items()), "--output_dir", str(out), "--heldout", "ru",
+            "--val_fraction", "0.3"]
+    assert speech.main(argv) == 0
+    found = {f: sorted(str(p.relative_to(out / f)) for p in (out / f).rglob("*.wav")) for f in speech.FOLDERS}
+    assert sorted(p.split("/")[1] for p in found["val_heldout"]) == ["ru"] * 12  # both sets' ru, nothing else
+    assert not any("/ru/" in f"/{p}" for p in found["train"] + found["val_seen"])
+    assert len(found["train"]) + len(found["val_seen"]) == 24 and found["val_seen"] and found["train"]
+    link = out / "train" / found["train"][0]
+    assert link.is_symlink() and link.resolve() == (tmp_path / found["train"][0]).resolve()
+    report = json.loads((out / "splits.json").read_text())
+    assert report["heldout"] == ["ru"]
+    assert {f: report["folders"][f]["files"] for f in speech.FOLDERS} == {f: len(v) for f, v in found.items()}
+    assert report["folders"]["val_heldout"]["languages"]["running/ru"]["files"] == 6
+    assert speech.main(argv) == 2 and "pass --force" in capsys.readouterr().err
+    assert speech.main(argv + ["--force"]) == 0  # the same split again: stable
+    assert {f: sorted(str(p.relative_to(out / f)) for p in (out / f).rglob("*.wav")) for f in speech.FOLDERS} == found
+    with pytest.raises(SystemExit, match="is not a folder"):
+        speech.main(["--sets", f"x={tmp_path / 'missing'}", "--output_dir", str(tmp_path / "o")])
