@@ -28,8 +28,9 @@ The ``sinc`` head is the full head with a fixed windowed-sinc (Kaiser) interpola
 features in place of the learned transposed conv: zero-stuffing makes an image of the trunk's
 0-12 kHz spectrum (its stationary checkerboard lines included) in 12-24 kHz, which the full head's
 short interpolator and learned convs let through as tonal lines (docs/quality.md); this upsampler
-leaves none (stopband about -90 dB from 0.94 x the old Nyquist on, so the x2 checkerboard's line at
-12 kHz is gone too), and the added band can only come from the head's nonlinear layers. At init its
+leaves none (cutoff at 0.94 x the old Nyquist, -86 dB and below from the old Nyquist on, so the x2
+checkerboard's line at 12 kHz is gone too), and the added band can only come from the head's
+nonlinear layers. At init its
 final conv is the base kernel dilated by F: the output is the base output layers applied to the
 interpolated features (sample F*m is the base output up to the features' 11-12 kHz, which the
 cutoff removes).
