@@ -545,7 +545,7 @@ def group_results(st: Stages, args: argparse.Namespace, ev: dict) -> dict:
             "band_files": ev["files"] - result["no_band"], "band_empty_files": result["band_empty"],
             "low_passed_files": result["no_band"],
             "base_mel_distance_init": ev["base_init"], "base_mel_distance_trained": ev["base_own"],
-            "base_mel_distance_shuffled": ev["base_shuffled"], "base_code_use": ev.get("base_code_use"),
+            "base_mel_distance_shuffled": ev["base_shuffled"], "base_code_use": ev["base_code_use"],
             "failures": {k: {m: len(v) for m, v in per.items()} for k, per in result["failures"].items()},
             "skipped": result["skipped"], "spectrograms": [ev["prefix"] + p for p in result["spectrograms"]],
             "listening": listening(ev, list(result["mean"]))}
@@ -602,8 +602,8 @@ def group_markdown(name: str, g: dict, band: str, several_seeds: bool) -> list[s
     lines += ["", f"Base codec at its own rate, mel distance: {own:.3f} with its codes, {shuf:.3f} with the same "
                   f"codes shuffled in time ({gain:.0f}% lower with the real order: the codes carry information"
                   f"{'' if gain >= 30 else ' only weakly'}), {init:.3f} at random initialisation."
-              + ("" if not g.get("base_code_use") else " Codebook use over these files (share of each level's codes "
-                 "used): " + ", ".join(f"{u:.0%}" for u in g["base_code_use"]) + ".")]
+              + " Codebook use over these files (share of each level's codes used): "
+              + ", ".join(f"{u:.0%}" for u in g["base_code_use"]) + "."]
     if g["skipped"]:
         lines += ["", f"Not evaluated: {skipped_note(g['skipped'])}."]
     failures = {k: v for k, v in g["failures"].items() if v}
