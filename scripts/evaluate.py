@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "at each source's Nyquist")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N or a GPU index (default: cuda:0 if there is a GPU, else cpu)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files (sorted by path)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate N files spread evenly over the sorted list")
     p.add_argument("--max_seconds", type=float, default=None, help="evaluate only the first S seconds of each file")
     p.add_argument("--spectrograms", type=int, default=4, help="files that get a spectrogram PNG (default: 4)")
     p.add_argument("--chunk_seconds", type=float, default=30.0,

@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a val file whose recording holds less than this share of its energy in the band (dB) is "
                         "left out of the band metrics: many recordings are low-passed far below their Nyquist "
                         "(default: -50)")
-    p.add_argument("--val_limit", type=int, default=None, help="evaluate the first N val files only")
+    p.add_argument("--val_limit", type=int, default=None,
+                   help="evaluate N val files of each group, spread evenly over its sorted list")
     p.add_argument("--max_seconds", type=float, default=None, help="evaluate the first S seconds of each file")
     p.add_argument("--seed", type=int, default=0, help="seed of the trainings and the decoders' noise (default: 0)")
     p.add_argument("--seeds", default=None,

@@ -37,12 +37,16 @@ METRIC_KEYS = ("mel_distance", "mel_distance_low", "stft_distance", "si_sdr", "l
 
 
 def find_eval_files(root: str | Path, limit: int | None = None) -> list[Path]:
-    """Audio files under ``root`` (recursively, sorted by path; symlinks followed), the first ``limit``."""
+    """Audio files under ``root`` (recursively, sorted by path; symlinks followed). With ``limit``, that
+    many spread evenly over the sorted list (files i * n // limit), so a subset of a folder of languages
+    or speakers keeps every one of them in proportion rather than only the first few."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of audio files")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-    return files[:limit] if limit else files
+    if not limit or limit >= len(files):
+        return files
+    return [files[i * len(files) // limit] for i in range(limit)]
 
 
 def scored_band(low: float, high: float, source_rate: int, rate: int) -> tuple[float, float] | None:

@@ -177,3 +177,19 @@ def test_bad_input_dirs_and_models_are_one_line(models, tmp_path):
     with pytest.raises(SystemExit, match="not a base SNAC"):
         evaluate.main(["--input_dir", str(tmp_path / "data"), "--base_model", str(models / "m48"),
                        "--device", "cpu"])
+
+
+def test_a_file_limit_spreads_over_every_folder_not_the_first_few(tmp_path):
+    from snac.evaluation import find_eval_files
+
+    for lang in ("el", "en", "ru"):
+        (tmp_path / lang).mkdir()
+        for i in range(4):
+            (tmp_path / lang / f"{i}.wav").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not audio")
+    every = find_eval_files(tmp_path)
+    assert len(every) == 12 and every == sorted(every)
+    picked = find_eval_files(tmp_path, 3)
+    assert [p.parent.name for p in picked] == ["el", "en", "ru"]  # the first 3 would all be el
+    assert find_eval_files(tmp_path, 6) == every[::2]
+    assert find_eval_files(tmp_path, 50) == every

@@ -161,6 +161,25 @@ def test_epochs_validation_best_model_and_a_code_cache_as_data(audio_dir, tmp_pa
     assert status["val_loss"] == vals[-1]["val/mel"] and status["best_val_loss"] == lowest["val/mel"]
 
 
+def test_an_epoch_checkpoint_is_never_replaced_when_the_epoch_length_changes(audio_dir, tmp_path):
+    """3 s of audio, windows 2048 x 8: an epoch of 5 iterations, checkpoint_epoch1.pt at 5. Twice the
+    audio on resume makes an epoch 9 iterations: its first end (iteration 9) must not overwrite the
+    epoch-1 checkpoint of iteration 5 (a kept model), and the log says why the name differs."""
+    flags = ["--batch_size", "8", "--no-adversarial"]
+    run = tmp_path / "run"
+    assert train(audio_dir, run, "--max_steps", "5", *flags) == 0
+    assert load_checkpoint(run / "checkpoint_epoch1.pt")["iteration"] == 5
+    for clip in list(audio_dir.glob("*.wav")):
+        x, rate = sf.read(clip)
+        sf.write(audio_dir / f"more_{clip.name}", x, rate)
+    assert train(audio_dir, run, "--max_steps", "9", "--resume", "auto", *flags) == 0
+    assert load_checkpoint(run / "checkpoint_epoch1.pt")["iteration"] == 5
+    assert load_checkpoint(run / "checkpoint_epoch1_iter9.pt")["iteration"] == 9
+    log = (run / "training.log").read_text()
+    assert "an epoch is 9 iterations now, 5 in the run resumed" in log
+    assert "checkpoint_epoch1.pt holds iteration 5, not 9" in log
+
+
 def test_resume_with_changed_recipe_says_what_changed(audio_dir, tmp_path):
     """A resume that flips a recipe setting (here --no-adversarial after an adversarial start, the
     default) still resumes, and its log line names each changed setting with old and new value."""

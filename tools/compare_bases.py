@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", action="append", required=True, metavar="NAME=MODEL", help="a base codec (repeatable)")
     p.add_argument("--val_dir", required=True, help="held-out audio (searched recursively)")
-    p.add_argument("--limit", type=int, default=None, help="the first N files (sorted by path)")
+    p.add_argument("--limit", type=int, default=None, help="N files spread evenly over the sorted list")
     p.add_argument("--max_seconds", type=float, default=None, help="the first S seconds of each file")
     p.add_argument("--silence_db", type=float, default=40.0, help="mel frames this far below the file's loudest "
                                                                   "are left out (default 40, as quality_check.py)")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", action="append", choices=HEAD_TYPES, default=None,
                    help="a head whose smart init (untrained) to compare, as smart_init[_HEAD] (repeatable; default: full)")
     p.add_argument("--output_dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="the first N val files")
+    p.add_argument("--limit", type=int, default=None, help="N val files spread evenly over the sorted list")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 

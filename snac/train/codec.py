@@ -341,6 +341,25 @@ class CodebookHealth:
         self.generator.set_state(state["generator"])
 
 
+def epoch_checkpoint_name(out: Path, epoch: int, iteration: int, log: RunLog) -> str:
+    """checkpoint_epoch{E}.pt, unless that file already holds another iteration (the epoch length changed
+    across a resume: other audio, or another window count): then checkpoint_epoch{E}_iter{I}.pt, so an
+    epoch checkpoint, which is kept for good, is never replaced by a different model."""
+    name = f"checkpoint_epoch{epoch}.pt"
+    if not (out / name).is_file():
+        return name
+    try:
+        held = int(load_checkpoint(out / name, mmap=True)["iteration"])
+    except (ValueError, KeyError):
+        held = None  # unreadable: keep it as it is, for whoever looks
+    if held == iteration:  # the same iteration again (a crash before latest.pt was written): the same model
+        return name
+    other = f"checkpoint_epoch{epoch}_iter{iteration}.pt"
+    log.line(f"{name} holds iteration {held}, not {iteration} (the epoch length changed across a resume): "
+             f"kept, this epoch end saved as {other}")
+    return other
+
+
 # ============================================================================ one step
 def set_lrs(cfg: CodecConfig, optimizer: torch.optim.Optimizer, adversary: Adversary | None, iteration: int) -> float:
     """lr = lr0 * gamma^iteration for both networks (a function of the step: resume needs nothing else)."""
@@ -404,7 +423,8 @@ class CodecRun:
                  "config": self.cfg.to_dict(),
                  "model_config": self.model.config, "health": self.health.state_dict(),
                  "rng": gather_objects(rng_state()), "data": gather_objects(self.data.state_dict()),
-                 "world_size": self.dist_info.world_size}
+                 "world_size": self.dist_info.world_size,
+                 "epoch_iterations": self.data.epoch_steps(self.cfg.batch_size)}
         if self.adversary is not None:
             state["discriminator"] = self.adversary.state_dict()
         return state
@@ -508,6 +528,10 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
         run.load_state_dict(ckpt, log.line)
         now = cfg.to_dict()  # a recipe change still resumes (e.g. --adversarial after a mel-only start)
         changed = changed_settings(ckpt.get("config", {}), now, set(now) - UNLOGGED_CHANGES)
+        before = ckpt.get("epoch_iterations")
+        if before is not None and int(before) != epoch_its:
+            log.line(f"an epoch is {epoch_its} iterations now, {int(before)} in the run resumed (other audio or "
+                     "window count): epochs are counted from iteration 0 with the new length")
         del ckpt
         log.line(f"resumed from {resume_path} at iteration {run.iteration}"
                  + (f"; changed settings: {', '.join(changed)}" if changed else ""))
@@ -582,7 +606,7 @@ def train_codec(cfg: CodecConfig, dist_info: DistInfo, device: torch.device, log
             names.append(f"checkpoint_iter{run.iteration}.pt")
         if run.iteration % epoch_its == 0:  # epoch end: validate first, so the checkpoints hold its best
             if cfg.epoch_checkpoints:
-                names.append(f"checkpoint_epoch{run.iteration // epoch_its}.pt")
+                names.append(epoch_checkpoint_name(out, run.iteration // epoch_its, run.iteration, log))
             if val_clips is not None and validate_now():
                 names.append("best_model.pt")
         if names or timer_due:
