@@ -21,7 +21,7 @@ import torch
 from ..fileio import TMP_MARK, fsync_dir
 
 ITER_RE = re.compile(r"^checkpoint_iter(\d+)\.pt$")
-RESUMABLE = re.compile(r"^(latest|checkpoint_iter\d+|checkpoint_epoch\d+)\.pt$")
+RESUMABLE = re.compile(r"^(latest|checkpoint_iter\d+|checkpoint_epoch\d+(_iter\d+)?)\.pt$")
 
 
 def maybe_fault(point: str, iteration: int) -> None:
