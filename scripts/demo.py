@@ -18,7 +18,7 @@ Steps, each one the real script run as a subprocess (so this is what a user runs
   6. inference.py                           val audio -> codes -> 48 kHz wavs (+ stock 24 kHz decodes)
   7. scripts/export_pretrained.py           hub-layout export of the best model
   8. scripts/evaluate.py                    metrics table and spectrograms, 48 kHz model vs stock (+ band replication)
-and prints where every output is. The base is the small codec shipped in models/klettres_24khz
+and prints where every output is. The base is the small codec shipped in models/speech_24khz
 (trained here on real speech, its codes carry information: see its README.md); --pretrained_model
 takes another (the published weights: download once, or a local directory in the hub layout);
 --random_base a tiny random SNAC whose codes carry nothing (fastest: the tests' smoke run). The
@@ -46,9 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # a tiny 24 kHz SNAC with the published model's layout (hop 512, strides 4/2/1), ~30 k parameters
+from snac import presets  # noqa: E402
 from snac.presets import TINY_24KHZ as TINY_BASE  # noqa: E402
 
-SHIPPED_BASE = ROOT / "models" / "klettres_24khz"  # trained with scripts/train_codec.py; see its README.md
+SHIPPED_BASE = ROOT / presets.SHIPPED_BASE  # trained with scripts/train_codec.py; see its README.md
 
 MARKER = ".snac48_demo"
 # (sample rate, channels) of the generated files: the cache and inference must take any of them

@@ -10,7 +10,7 @@
 
 Stages, each the real script run as a subprocess (its output in OUTPUT_DIR/logs/<stage>.log):
 
-1. base      the shipped base codec (models/klettres_24khz, trained here on real speech), or
+1. base      the shipped base codec (models/speech_24khz, trained here on real speech), or
              --base_model, or (--base_minutes > 0) scripts/train_codec.py on --train_dir for that long
              from random weights of --base_config; saved to OUTPUT_DIR/base_model either way.
 2. cache     cache_codes_multigpu.py: the base's codes of --train_dir and --val_dir at 48 kHz.
@@ -68,7 +68,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHIPPED_BASE = ROOT / "models" / "klettres_24khz"  # trained with scripts/train_codec.py; see its README.md
+SHIPPED_BASE = ROOT / "models" / "speech_24khz"  # base v2 (snac.presets.SHIPPED_BASE; not imported: torch); see its README.md
 SYSTEMS = ("baseline", "smart_init", "band_replication", "seed_recipe", "adversarial_recipe")
 RECIPE_CONFIGS = {"seed_recipe": ROOT / "configs" / "quality_cpu.json",
                   "adversarial_recipe": ROOT / "configs" / "quality_cpu_gan.json"}

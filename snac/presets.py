@@ -4,7 +4,8 @@ Used by the tests, the benchmarks and the demo (a tiny random base), so they all
 """
 
 DEFAULT_BASE = "hubertsiuzdak/snac_24khz"  # the published 24 kHz model every default points at
-SHIPPED_BASE = "models/klettres_24khz"  # the small base shipped in this repository (relative to its root)
+SHIPPED_BASE = "models/speech_24khz"  # the small base shipped in this repository (relative to its root): base v2
+FIRST_BASE = "models/klettres_24khz"  # base v1, kept beside it (the recipes measured with it name it)
 
 SNAC_24KHZ = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
                   decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096,
@@ -22,8 +23,8 @@ TINY_32KHZ = dict(SNAC_32KHZ, encoder_dim=8, decoder_dim=128, codebook_size=64, 
 # issue 12's feasibility run used): the published hop and strides, fewer channels and codes
 SMALL_24KHZ = dict(SNAC_24KHZ, encoder_dim=16, decoder_dim=256, codebook_size=1024, codebook_dim=8)
 
-# the base shipped in models/klettres_24khz (1.0 M parameters; trained on KLettres speech, see its
-# README.md): the published hop and strides, a narrow encoder, a 128-wide decoder, 3 x 256 codes
+# the bases shipped in models/klettres_24khz (v1) and models/speech_24khz (v2) (1.0 M parameters;
+# see their README.md): the published hop and strides, a narrow encoder, a 128-wide decoder, 3 x 256 codes
 KLETTRES_24KHZ = dict(SNAC_24KHZ, encoder_dim=16, decoder_dim=128, codebook_size=256, codebook_dim=8)
 
 # named model configs (scripts/train_codec.py --model_config NAME)

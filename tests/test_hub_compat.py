@@ -202,7 +202,7 @@ def test_an_unreachable_hub_fails_fast_in_one_line_naming_the_shipped_base(tmp_p
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Retrying" not in proc.stderr, proc.stderr
-    assert "cannot reach the Hugging Face hub" in lines[0] and "models/klettres_24khz" in lines[0] \
+    assert "cannot reach the Hugging Face hub" in lines[0] and "models/speech_24khz" in lines[0] \
         and "HF_HUB_OFFLINE=1" in lines[0]
     if script == "library":
         assert float(proc.stdout) <= 5.0
