@@ -68,7 +68,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHIPPED_BASE = ROOT / "models" / "speech_24khz"  # base v2 (snac.presets.SHIPPED_BASE; not imported: torch); see its README.md
+# base v2, as snac.presets.SHIPPED_BASE (not imported here: that imports torch); see its README.md
+SHIPPED_BASE = ROOT / "models" / "speech_24khz"
 SYSTEMS = ("baseline", "smart_init", "band_replication", "seed_recipe", "adversarial_recipe")
 RECIPE_CONFIGS = {"seed_recipe": ROOT / "configs" / "quality_cpu.json",
                   "adversarial_recipe": ROOT / "configs" / "quality_cpu_gan.json"}

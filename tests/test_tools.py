@@ -1,4 +1,4 @@
-"""tools/compare_bases.py and tools/tonal_lines.py on tiny models and two generated files."""
+"""tools/compare_bases.py, tools/tonal_lines.py and tools/line_source.py on tiny models and two generated files."""
 
 import json
 import sys
@@ -16,6 +16,7 @@ from snac.presets import TINY_24KHZ
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import compare_bases  # noqa: E402
+import line_source  # noqa: E402
 import tonal_lines  # noqa: E402
 
 
@@ -62,3 +63,41 @@ def test_tonal_lines_reports_every_system_and_the_mirror_test(setup, capsys):
     for name in ("smart_init", "smart_init_sinc"):
         assert {"mirror_mean_db", "random_mean_db"} <= set(report["systems"][name])
     assert "mean excess at the mirrors" in capsys.readouterr().out
+
+
+def test_remove_periodic_takes_out_a_periodic_level_and_spread_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    t, period = 8 * 500, 8
+    level = torch.randn(1, 3, period, generator=g)
+    gain = 1 + 0.5 * torch.rand(1, 3, period, generator=g)
+    noise = torch.randn(1, 3, t, generator=g)
+    h = noise * gain.repeat(1, 1, t // period) + level.repeat(1, 1, t // period) + 2.0
+    folded = lambda x: x.reshape(1, 3, -1, period)  # noqa: E731
+    flat = line_source.remove_periodic(h, period)
+    means = folded(flat).mean(-2)
+    assert torch.allclose(means, means.mean(-1, keepdim=True).expand_as(means), atol=1e-5)  # every phase alike
+    assert torch.allclose(flat.mean(-1), h.mean(-1), atol=1e-5)  # the channel mean kept
+    assert not torch.allclose(folded(flat).std(-2), folded(flat).std(-2).mean(-1, keepdim=True).expand(1, 3, period),
+                              rtol=0.05)  # the spread still varies by phase
+    both = line_source.remove_periodic(h, period, scale=True)
+    spread = folded(both).std(-2, correction=0)
+    assert torch.allclose(spread, spread[..., :1].expand_as(spread), rtol=1e-4)  # and now the spread is alike
+    assert torch.allclose(both.mean(-1), h.mean(-1), atol=1e-4)
+    # a period that is not the signal's changes it little (here only the noise's chance phase means)
+    other = line_source.remove_periodic(h, 61)
+    assert (other - h).pow(2).mean() < 0.05 * (h - h.mean(-1, keepdim=True)).pow(2).mean()
+    assert line_source.stage_periods({"decoder_rates": [8, 8, 4, 2]}) == [64, 8, 2]
+
+
+def test_line_source_runs_every_condition_and_writes_json(setup, capsys):
+    out = setup / "source.json"
+    assert line_source.main(["--base", str(setup / "a"), "--val_dir", str(setup / "val"), "--period", "8",
+                             "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["files"] == 2
+    assert list(report["conditions"]) == ["as is", "period 8 level removed", "period 8 level+spread removed"]
+    assert report["conditions"]["as is"]["band_energy_db"] == 0.0
+    rows = report["conditions"].values()
+    assert all(len(r["probes_48k"]) == 4 and len(r["trunk_24k"]) == 4 for r in rows)
+    assert len({json.dumps(r["probes_48k"]) for r in rows}) > 1  # the removals changed the output
+    assert "period 8 level+spread removed |" in capsys.readouterr().out
