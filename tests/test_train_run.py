@@ -113,6 +113,25 @@ def test_checkpoint_cadence_iterations_timer_epochs_and_best(data, tmp_path, mon
     assert status["state"] == "finished" and status["iteration"] == 9 and status["latest_checkpoint"].endswith("latest.pt")
 
 
+def test_the_eta_after_the_warmup_uses_the_unfreeze_pace(data, tmp_path, monkeypatch):
+    """Head-only warmup steps of 10 s, whole-decoder steps of 40 s (8 rows, batch 3: 3 steps an epoch,
+    9 in all, epoch 1 the warmup): from the phase switch on the ETA is 40 s per step left, not the
+    run's average pace, which would promise the end far too early."""
+    now, calls = [0.0], [0]
+    real_step = loop.train_step
+
+    def step(*args, **kwargs):
+        calls[0] += 1
+        now[0] += 10.0 if calls[0] <= 3 else 40.0
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    assert run(data, tmp_path, clock=lambda: now[0], batch_size=3, checkpoint_minutes=0, log_every=1) == 0
+    etas = {r["iteration"]: r["eta_s"] for r in read_metrics(tmp_path) if r["type"] == "train"}
+    assert etas[2] == 70.0  # in the warmup: its own pace, 10 s x 7 steps left
+    assert [etas[i] for i in (4, 5, 6, 7, 8, 9)] == [200.0, 160.0, 120.0, 80.0, 40.0, 0.0]
+
+
 def test_max_minutes_stops_after_the_step_that_used_it_up(data, tmp_path, monkeypatch):
     """--max_minutes 1 with 35 s steps: the budget is used up after step 2 (70 s): latest.pt holds
     iteration 2, the log says why, the run exits 0 as 'finished' (quality_check.py reads it)."""

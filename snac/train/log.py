@@ -126,6 +126,11 @@ class Throughput:
     def _reset(self, now: float) -> None:
         self.window_start, self.samples, self.audio_seconds, self.steps = now, 0, 0.0, 0
 
+    def restart_pace(self, iteration: int) -> None:
+        """Measure the ETA's pace from here (a phase switch: the head-only warmup runs several times
+        faster than the whole decoder with discriminators, so its pace would promise too early an end)."""
+        self.start, self.start_iteration = self.clock(), iteration
+
     def add(self, items: int, seconds_per_item: float) -> None:
         """One step of ``items`` windows (over all ranks) of ``seconds_per_item`` each."""
         self.samples += items

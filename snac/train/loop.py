@@ -114,6 +114,7 @@ def train_loop(cfg: TrainConfig, plan: RunPlan, dist_info: DistInfo, device: tor
         state.sampler.configure(epoch_info["tokens"], epoch_info["batch"], plan.geometry.token_multiple)
         if epoch_info["phase"] != state.phase or step_model is None:
             step_model, params = enter_phase(run, state, epoch_info["phase"])
+            meter.restart_pace(state.iteration)
         epoch_done = state.sampler.consumed >= len(plan.train_coarse)
         if not epoch_done:
             log.line(f"epoch {epoch_info['epoch']}/{cfg.epochs} ({state.phase}): window {epoch_info['seconds']:.3f} s "
