@@ -4,7 +4,7 @@ Used by the tests, the benchmarks and the demo (a tiny random base), so they all
 """
 
 DEFAULT_BASE = "hubertsiuzdak/snac_24khz"  # the published 24 kHz model every default points at
-SHIPPED_BASE = "models/speech_24khz"  # base v2, shipped in this repository (relative to its root); v1: models/klettres_24khz
+SHIPPED_BASE = "models/speech_24khz"  # base v2, shipped here (path from the repo root); v1: models/klettres_24khz
 
 SNAC_24KHZ = dict(sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
                   decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096,
