@@ -355,8 +355,9 @@ def epoch_checkpoint_name(out: Path, epoch: int, iteration: int, log: RunLog) ->
     if held == iteration:  # the same iteration again (a crash before latest.pt was written): the same model
         return name
     other = f"checkpoint_epoch{epoch}_iter{iteration}.pt"
-    log.line(f"{name} holds iteration {held}, not {iteration} (the epoch length changed across a resume): "
-             f"kept, this epoch end saved as {other}")
+    why = ("is unreadable" if held is None
+           else f"holds iteration {held}, not {iteration} (the epoch length changed across a resume)")
+    log.line(f"{name} {why}: kept, this epoch end saved as {other}")
     return other
 
 
