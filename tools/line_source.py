@@ -38,6 +38,7 @@ from snac.hub import load_model  # noqa: E402
 from snac.infer import encode_audio  # noqa: E402
 from snac.lines import N_FFT, mean_power, power_excess_db  # noqa: E402
 from snac.model48 import HEAD_TYPES  # noqa: E402
+from tonal_lines import strongest  # noqa: E402 (tools/, beside this file)
 
 PROBES_48K = (12000, 15000, 18000, 21000)
 
@@ -66,18 +67,6 @@ def stage_periods(base_config: dict) -> list[int]:
     """The input period of each decoder stage but the first, in base-rate samples: the later strides' products."""
     rates = base_config["decoder_rates"]
     return sorted({math.prod(rates[i:]) for i in range(1, len(rates))}, reverse=True)
-
-
-def band_lines(excess: np.ndarray, freqs: np.ndarray, lo: float, hi: float, n: int = 4) -> list[list[float]]:
-    """The n strongest local maxima of ``excess`` in [lo, hi) at least 3 bins apart: [[Hz, dB], ...]."""
-    order = np.argsort(-np.where((freqs >= lo) & (freqs < hi), excess, -np.inf))
-    picked: list[int] = []
-    for k in order:
-        if len(picked) == n or not np.isfinite(excess[k]):
-            break
-        if all(abs(k - p) > 3 for p in picked):
-            picked.append(int(k))
-    return [[round(float(freqs[k])), round(float(excess[k]), 1)] for k in picked]
 
 
 def at(excess: np.ndarray, freqs: np.ndarray, hz: float) -> float:
@@ -129,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             codes = [c[None] for c in encode_audio(base, x)]
             torch.manual_seed(0)
             h = model.decoder.model(model.quantizer.from_codes(codes))
-            torch.manual_seed(0)
-            h24 = base.decoder.model[:n](base.quantizer.from_codes(codes))
+            if args.checkpoint:  # a fine-tune's trunk moved: the base's own for its 24 kHz decode
+                torch.manual_seed(0)
+                h24 = base.decoder.model[:n](base.quantizer.from_codes(codes))
+            else:  # the smart init copies the base's quantizer and trunk: the same features
+                h24 = h
             for cond, removal in zip(conditions, [None, *removals]):
                 feats = h if removal is None else remove_periodic(h, *removal)
                 feats24 = h24 if removal is None else remove_periodic(h24, *removal)
@@ -154,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         e48 = power_excess_db(power48[cond] / used, rate).numpy()
         e24 = power_excess_db(power24[cond] / used, base_rate).numpy()
         row = {"trunk_24k": [at(e24, f24, f) for f in trunk_hz], "probes_48k": [at(e48, f48, f) for f in PROBES_48K],
-               "lines_48k": band_lines(e48, f48, 12000, 22000),
+               "lines_48k": [[round(float(f48[k])), round(float(e48[k]), 1)]
+                             for k in strongest(e48, f48, 12000, 22000, 4)],
                "band_energy_db": round(10 * math.log10(float(power48[cond][band].sum()) / ref_band), 2)}
         report["conditions"][cond] = row
         print(f"{cond} | {row['trunk_24k']} | {row['probes_48k']} | "
